@@ -1,0 +1,215 @@
+"""Stage 3: post-pretrain one model on the UltraFeedback-derived "UT" data (the seed's first step).
+
+Each model (both teachers and the student) is trained 1 epoch with LoRA on the same 3-class task over
+the UT pairs (lr 1e-5). The LoRA adapter is kept and becomes the starting point of that model's fold
+training (stages 4 and 7 load it with the score head dropped, as the seed throws the head away).
+
+Reads   data/processed_data/<model>_ut/train.parquet (stage 2), model_path/<model>/
+Writes  model_save/<model>_ut/  adapter_model.safetensors + adapter_config.json, log.jsonl, config.yaml,
+        checkpoint/ (resume state), DONE.json
+
+Launch (repo root):
+    python src/03_post_pretrain.py --config configs/tiny.yaml model=tiny_llama               # CPU / 1 GPU
+    accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 8 \\
+        src/03_post_pretrain.py --config configs/a100x8.yaml model=llama3_70b               # 8 GPUs
+(`sh run_pipeline.sh <fold>` runs it first for every model whose adapter is missing.)
+
+Resume: as stages 4 and 7 (checkpoint every `save_every` optimizer steps; re-run the same command).
+Done runs are skipped unless force=true.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from arena_distill import config as C
+from arena_distill.batching import collate, length_grouped_batches
+from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
+from arena_distill.io import StageInputError, atomic_dir, atomic_write_json, is_done, mark_done, \
+    require, require_done
+from arena_distill.models import add_lora, describe, load_classifier, load_tokenizer, model_folder, warn_if_cpu_quant
+from arena_distill.train_utils import StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
+    make_accelerator, save_checkpoint, truncate_log
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclasses.dataclass
+class PostPretrainConfig:
+    model: str = C.field("", help="model name: a folder under model_dir (a teacher or the student)")
+    seed: int = C.field(2025, help="base seed (each rank uses seed + rank)")
+    processed_dir: str = C.field("data/processed_data", help="tokenized fold data (stage 2)")
+    model_dir: str = C.field("model_path", help="base checkpoints")
+    save_dir: str = C.field("model_save", help="where adapters go")
+    out_dir: str = C.field("", help="output folder; default <save_dir>/<model>_ut")
+    student: str = C.field("", help="the profile's student: it uses student_quant / student_attn_implementation")
+    quant: str = C.field("", help="teachers' base: 'nf4' = QLoRA 4-bit (CUDA), '' = full precision")
+    student_quant: str = C.field("", help="the student's base quantization ('' = bf16 LoRA, as the seed)")
+    student_attn_implementation: str = C.field("", help="attention for the student (e.g. eager for Gemma2)")
+    dtype: str = C.field("auto", help="base weights dtype: auto (bf16 GPU / fp32 CPU), fp32, bf16, fp16")
+    attn_implementation: str = C.field("", help="'' = transformers default (sdpa); 'eager' for Gemma2 softcapping")
+    lora_r: int = C.field(64, help="LoRA rank")
+    lora_alpha: int = C.field(128, help="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = C.field(0.05, help="LoRA dropout")
+    target_modules: list[str] = C.field(["all-linear"], help="LoRA targets; all-linear = every linear layer")
+    lr: float = C.field(1e-5, help="peak learning rate")
+    epochs: float = C.field(1.0, help="epochs over the UT data")
+    max_steps: int = C.field(-1, help="cap on optimizer steps (-1 = from epochs)")
+    global_batch: int = C.field(64, help="rows per optimizer step over all processes")
+    micro_batch: int = C.field(4, help="rows per forward pass per process")
+    betas: list[float] = C.field([0.9, 0.95], help="AdamW betas")
+    weight_decay: float = C.field(0.0, help="AdamW weight decay")
+    grad_clip: float = C.field(1.0, help="max grad norm")
+    warmup_steps: int = C.field(100, help="linear warmup steps")
+    min_lr_ratio: float = C.field(0.0, help="cosine floor as a fraction of lr")
+    gradient_checkpointing: bool = C.field(False, help="trade compute for memory (70B: true)")
+    mixed_precision: str = C.field("auto", help="accelerate mixed precision: auto, no, bf16, fp16")
+    save_every: int = C.field(100, help="write a resume checkpoint every N optimizer steps")
+    stop_after: int = C.field(-1, help="testing aid: stop (as if killed) after N optimizer steps of this run")
+    force: bool = C.field(False, help="retrain even if DONE.json exists")
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise C.ConfigError("model= is required (a folder name under model_dir)")
+        for key in ("quant", "student_quant"):
+            if getattr(self, key) not in ("", "nf4", "int8"):
+                raise C.ConfigError(f"{key} must be '', nf4 or int8, got {getattr(self, key)!r}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = C.load_config(PostPretrainConfig, "post_pretrain", argv)
+    data_dir = Path(cfg.processed_dir) / f"{cfg.model}_ut"
+    out = Path(cfg.out_dir or Path(cfg.save_dir) / f"{cfg.model}_ut")
+    if is_done(out) and not cfg.force:
+        print0(f"[post_pretrain] {out} is done; skipping (force=true to retrain)")
+        return {"skipped": True, "out": str(out)}
+    if cfg.force and is_main() and out.exists():
+        shutil.rmtree(out)
+
+    # -------------------------------------------------------------------------------------------- init
+    require_done(data_dir, "sh run_data.sh", what="processed UT data")
+    base = model_folder(cfg.model_dir, cfg.model)
+    world = world_size()
+    accum = grad_accum_for(cfg.global_batch, cfg.micro_batch, world)
+    accelerator = make_accelerator(accum, cfg.mixed_precision)
+    seed = seed_everything(cfg.seed)
+    print0(f"[post_pretrain] model={cfg.model} processes={world} device={accelerator.device} "
+           f"micro_batch={cfg.micro_batch} accum={accum} global_batch={cfg.global_batch} seed={seed}")
+
+    # -------------------------------------------------------------------------------------------- data
+    train = pd.read_parquet(require(data_dir / "train.parquet", "sh run_data.sh"))
+    train_ids, train_labels = train["input_ids"].tolist(), train["label"].to_numpy(np.int64)
+    micro_per_epoch = (len(train) // cfg.micro_batch) // (accum * world) * (accum * world)
+    steps_per_epoch = micro_per_epoch // (accum * world)
+    total_steps = int(steps_per_epoch * cfg.epochs) if cfg.max_steps < 0 else cfg.max_steps
+    if total_steps <= 0:
+        raise StageInputError(f"{data_dir}/train.parquet has {len(train)} rows: fewer than one global batch "
+                              f"({cfg.global_batch})")
+    print0(f"[post_pretrain] train rows {len(train):,}  steps/epoch {steps_per_epoch}  "
+           f"total steps {total_steps}")
+
+    # ------------------------------------------------------------------------------------------- model
+    tokenizer = load_tokenizer(base)
+    is_student = cfg.model == cfg.student
+    quant = cfg.student_quant if is_student else cfg.quant
+    attn = (cfg.student_attn_implementation if is_student else cfg.attn_implementation) or None
+    model = load_classifier(base, dtype=cfg.dtype, quant=warn_if_cpu_quant(quant), attn_implementation=attn,
+                            pad_token_id=tokenizer.pad_token_id)
+    model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                     target_modules=cfg.target_modules, gradient_checkpointing=cfg.gradient_checkpointing)
+    print0(f"[post_pretrain] {describe(model)}")
+    optimizer = build_optimizer(model, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
+    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    # ------------------------------------------------------------------------------------------ resume
+    ckpt_dir = out / "checkpoint"
+    state = load_checkpoint(accelerator, ckpt_dir) or {"step": 0}
+    step = state["step"]
+    if step:
+        print0(f"[post_pretrain] resumed from {ckpt_dir} at step {step}")
+        truncate_log(out / "log.jsonl", step)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        C.save_config(cfg, out, seed=seed, base_model=str(base))
+    logger = StepLogger(out / "log.jsonl", total_steps)
+    pad_id = tokenizer.pad_token_id
+
+    def save_adapter(dest: Path) -> None:
+        state_dict = accelerator.get_state_dict(model)
+        if is_main():
+            with atomic_dir(dest) as tmp:
+                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+
+    # -------------------------------------------------------------------------------------------- loop
+    model.train()
+    t0, steps_this_run, plan_epoch, batches = time.perf_counter(), 0, -1, []
+    logger_last_ce = [float("nan")]
+    lengths = [len(x) for x in train_ids]
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        if epoch != plan_epoch:  # the plan depends only on (seed, epoch): a resumed run rebuilds the same one
+            batches = length_grouped_batches(lengths, cfg.micro_batch, seed=cfg.seed, epoch=epoch)[:micro_per_epoch]
+            plan_epoch = epoch
+        in_epoch = step - epoch * steps_per_epoch
+        group = batches[in_epoch * accum * world:(in_epoch + 1) * accum * world]
+        loss_sum, tokens = torch.zeros((), device=accelerator.device), 0
+        for micro in group[rank()::world]:
+            ids, mask = collate([train_ids[i] for i in micro], pad_id)
+            labels = torch.as_tensor(train_labels[micro], device=accelerator.device)
+            with accelerator.accumulate(model):
+                logits = model(input_ids=ids.to(accelerator.device), attention_mask=mask.to(accelerator.device)).logits
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad()
+            loss_sum += loss.detach() / accum
+            tokens += int(mask.sum())
+        scheduler.step()
+        step += 1
+        steps_this_run += 1
+        loss_mean = accelerator.reduce(loss_sum, "mean").item()
+        row = {"ce": loss_mean}
+        logger.log(step, loss_mean, row, scheduler.get_last_lr()[0], tokens * world, epoch=epoch)
+        logger_last_ce[0] = loss_mean
+        if step % cfg.save_every == 0 or step == total_steps:
+            save_checkpoint(accelerator, ckpt_dir, {"step": step})
+        if cfg.stop_after > 0 and steps_this_run >= cfg.stop_after and step < total_steps:
+            print0(f"[post_pretrain] stop_after={cfg.stop_after}: stopping at step {step} (resume by re-running)")
+            save_checkpoint(accelerator, ckpt_dir, {"step": step})
+            return {"stopped": True, "step": step, "out": str(out)}
+
+    # ------------------------------------------------------------------------------------ save/summary
+    save_adapter(out / "adapter")
+    accelerator.wait_for_everyone()
+    summary = {}
+    if is_main():
+        for f in (out / "adapter").iterdir():  # the adapter is the stage's result, at the top level
+            shutil.copy2(f, out / f".{f.name}.tmp")
+            (out / f".{f.name}.tmp").replace(out / f.name)
+        shutil.rmtree(out / "adapter")
+        summary = {"model": cfg.model, "n_train": len(train), "total_steps": total_steps,
+                   "final_ce": logger_last_ce[0], "train_seconds_this_run": round(time.perf_counter() - t0, 1),
+                   "base_model": str(base)}
+        atomic_write_json(out / "metrics.json", summary)
+        mark_done(out, stage="post_pretrain", final_ce=summary["final_ce"])
+        print0(f"[post_pretrain] done: {total_steps} steps, last ce {summary['final_ce']:.4f} -> {out}")
+    accelerator.wait_for_everyone()
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except StageInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)

@@ -1,0 +1,254 @@
+"""Stage 4: fine-tune one teacher on one fold as a 3-class classifier with LoRA (QLoRA on GPU).
+
+Reads   data/processed_data/<model>fold<k>/{train,dev}.parquet   (stage 2, `sh run_data.sh`)
+        model_path/<model>/                                      (base checkpoint)
+        model_save/<model>_ut/                                   (post-pretrained adapter, stage 3, optional)
+Writes  model_save/<model>fold<k>/  adapter_model.safetensors + adapter_config.json (best valid log loss;
+        the score head is saved through modules_to_save), last/ (last step), metrics.json, log.jsonl,
+        config.yaml, checkpoint/ (resume state), DONE.json; and model_save/cv_table.md.
+
+Launch (repo root):
+    python src/04_train_teacher.py --config configs/tiny.yaml model=tiny_llama fold=0          # CPU / 1 GPU
+    accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 8 \\
+        src/04_train_teacher.py --config configs/a100x8.yaml model=llama3_70b fold=0          # 8 GPUs
+(`sh run_pipeline.sh <fold>` runs this for every teacher of the profile.)
+
+Batches: length-grouped micro-batches (padding only to the longest row of each), gradient accumulation
+to `global_batch` whatever the number of processes; AdamW, warmup + cosine, grad clipping.
+Resume: a complete checkpoint (trainable weights, optimizer, scheduler, RNG of every rank, loop
+position) is written every `save_every` optimizer steps; re-running the same command continues from it
+and reproduces the uninterrupted loss curve. Granularity: one optimizer step. A finished run (DONE.json)
+is skipped unless force=true.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from accelerate.utils import gather_object
+
+from arena_distill import config as C
+from arena_distill.batching import collate, length_grouped_batches
+from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
+from arena_distill.io import StageInputError, atomic_dir, atomic_write_json, atomic_write_text, is_done, mark_done, \
+    require, require_done
+from arena_distill.metrics import classification_metrics, cv_table, prior_log_loss
+from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
+    model_folder, warn_if_cpu_quant
+from arena_distill.scoring import score_classifier
+from arena_distill.train_utils import StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
+    make_accelerator, save_checkpoint, truncate_log
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclasses.dataclass
+class TeacherConfig:
+    model: str = C.field("", help="teacher name: a folder under model_dir (e.g. llama3_70b)")
+    fold: int = C.field(0, help="fold to train (its rows are the validation side)")
+    seed: int = C.field(2025, help="base seed (each rank uses seed + rank)")
+    n_folds: int = C.field(5, help="number of folds (for the CV table)")
+    processed_dir: str = C.field("data/processed_data", help="tokenized fold data (stage 2)")
+    model_dir: str = C.field("model_path", help="base checkpoints")
+    save_dir: str = C.field("model_save", help="where adapters go")
+    teachers: list[str] = C.field([], help="all teachers of the profile (for the CV table)")
+    student: str = C.field("", help="student name (for the CV table)")
+    out_dir: str = C.field("", help="output folder; default <save_dir>/<model>fold<fold>")
+    init_from_post_pretrain: bool = C.field(True, help="start LoRA from <save_dir>/<model>_ut when it exists")
+    quant: str = C.field("", help="'nf4' = QLoRA 4-bit base (CUDA), '' = full-precision base")
+    dtype: str = C.field("auto", help="base weights dtype: auto (bf16 GPU / fp32 CPU), fp32, bf16, fp16")
+    attn_implementation: str = C.field("", help="'' = transformers default (sdpa); 'eager' for Gemma2 softcapping")
+    lora_r: int = C.field(64, help="LoRA rank")
+    lora_alpha: int = C.field(128, help="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = C.field(0.05, help="LoRA dropout")
+    target_modules: list[str] = C.field(["all-linear"], help="LoRA targets; all-linear = every linear layer")
+    lr: float = C.field(1e-5, help="peak learning rate")
+    epochs: float = C.field(2.0, help="epochs over the fold's training side")
+    max_steps: int = C.field(-1, help="cap on optimizer steps (-1 = from epochs)")
+    global_batch: int = C.field(64, help="rows per optimizer step over all processes")
+    micro_batch: int = C.field(4, help="rows per forward pass per process")
+    betas: list[float] = C.field([0.9, 0.95], help="AdamW betas")
+    weight_decay: float = C.field(0.0, help="AdamW weight decay")
+    grad_clip: float = C.field(1.0, help="max grad norm")
+    warmup_steps: int = C.field(100, help="linear warmup steps")
+    min_lr_ratio: float = C.field(0.0, help="cosine floor as a fraction of lr")
+    gradient_checkpointing: bool = C.field(False, help="trade compute for memory (70B: true)")
+    mixed_precision: str = C.field("auto", help="accelerate mixed precision: auto, no, bf16, fp16")
+    eval_every: int = C.field(200, help="evaluate on the valid side every N optimizer steps (and at the end)")
+    eval_batch: int = C.field(16, help="rows per evaluation batch")
+    eval_max_tokens: int = C.field(0, help="token budget per evaluation batch (0 = rows only)")
+    save_every: int = C.field(100, help="write a resume checkpoint every N optimizer steps")
+    stop_after: int = C.field(-1, help="testing aid: stop (as if killed) after N optimizer steps of this run")
+    force: bool = C.field(False, help="retrain even if DONE.json exists")
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise C.ConfigError("model= is required (a folder name under model_dir)")
+        if self.fold < 0 or self.fold >= self.n_folds:
+            raise C.ConfigError(f"fold={self.fold} outside 0..{self.n_folds - 1}")
+        if self.quant not in ("", "nf4", "int8"):
+            raise C.ConfigError(f"quant must be '', nf4 or int8, got {self.quant!r}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = C.load_config(TeacherConfig, "teacher", argv)
+    data_dir = Path(cfg.processed_dir) / f"{cfg.model}fold{cfg.fold}"
+    out = Path(cfg.out_dir or Path(cfg.save_dir) / f"{cfg.model}fold{cfg.fold}")
+    if is_done(out) and not cfg.force:
+        print0(f"[teacher] {out} is done; skipping (force=true to retrain)")
+        return {"skipped": True, "out": str(out)}
+    if cfg.force and is_main() and out.exists():
+        shutil.rmtree(out)
+
+    # -------------------------------------------------------------------------------------------- init
+    require_done(data_dir, "sh run_data.sh", what="processed fold data")
+    base = model_folder(cfg.model_dir, cfg.model)
+    world = world_size()
+    accum = grad_accum_for(cfg.global_batch, cfg.micro_batch, world)
+    accelerator = make_accelerator(accum, cfg.mixed_precision)
+    seed = seed_everything(cfg.seed)
+    print0(f"[teacher] model={cfg.model} fold={cfg.fold} processes={world} device={accelerator.device} "
+           f"micro_batch={cfg.micro_batch} accum={accum} global_batch={cfg.global_batch} seed={seed}")
+
+    # -------------------------------------------------------------------------------------------- data
+    train = pd.read_parquet(require(data_dir / "train.parquet", "sh run_data.sh"))
+    dev = pd.read_parquet(require(data_dir / "dev.parquet", "sh run_data.sh"))
+    train_ids, train_labels = train["input_ids"].tolist(), train["label"].to_numpy(np.int64)
+    dev_ids, dev_labels = dev["input_ids"].tolist(), dev["label"].to_numpy(np.int64)
+    micro_per_epoch = (len(train) // cfg.micro_batch) // (accum * world) * (accum * world)
+    steps_per_epoch = micro_per_epoch // (accum * world)
+    total_steps = int(steps_per_epoch * cfg.epochs) if cfg.max_steps < 0 else cfg.max_steps
+    if total_steps <= 0:
+        raise StageInputError(f"{data_dir}/train.parquet has {len(train)} rows: fewer than one global batch "
+                              f"({cfg.global_batch})")
+    print0(f"[teacher] train rows {len(train):,}  valid rows {len(dev):,}  steps/epoch {steps_per_epoch}  "
+           f"total steps {total_steps}")
+
+    # ------------------------------------------------------------------------------------------- model
+    tokenizer = load_tokenizer(base)
+    model = load_classifier(base, dtype=cfg.dtype, quant=warn_if_cpu_quant(cfg.quant),
+                            attn_implementation=cfg.attn_implementation or None, pad_token_id=tokenizer.pad_token_id)
+    model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                     target_modules=cfg.target_modules, gradient_checkpointing=cfg.gradient_checkpointing)
+    ut_dir = Path(cfg.save_dir) / f"{cfg.model}_ut"
+    init_from = None
+    if cfg.init_from_post_pretrain and is_done(ut_dir):
+        n = init_lora_from_adapter(model, ut_dir, drop_head=True)
+        init_from = str(ut_dir)
+        print0(f"[teacher] LoRA initialised from post-pretrained adapter {ut_dir} ({n} tensors, head dropped)")
+    print0(f"[teacher] {describe(model)}")
+    optimizer = build_optimizer(model, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
+    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    # ------------------------------------------------------------------------------------------ resume
+    ckpt_dir = out / "checkpoint"
+    state = load_checkpoint(accelerator, ckpt_dir) or {"step": 0, "best": None}
+    step, best = state["step"], state["best"]
+    if step:
+        print0(f"[teacher] resumed from {ckpt_dir} at step {step}")
+        truncate_log(out / "log.jsonl", step)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        C.save_config(cfg, out, seed=seed, base_model=str(base), init_adapter=init_from)
+    logger = StepLogger(out / "log.jsonl", total_steps)
+    pad_id = tokenizer.pad_token_id
+
+    def evaluate() -> dict:
+        idx, logits = score_classifier(model, dev_ids, pad_id, batch_size=cfg.eval_batch,
+                                       max_tokens=cfg.eval_max_tokens or None, device=accelerator.device,
+                                       desc="valid", shard=(rank(), world))
+        gathered = gather_object([(idx, logits)])
+        all_idx = np.concatenate([g[0] for g in gathered])
+        all_logits = np.concatenate([g[1] for g in gathered])[np.argsort(all_idx)]
+        return classification_metrics(all_logits, dev_labels)
+
+    def save_adapter(dest: Path) -> None:
+        state_dict = accelerator.get_state_dict(model)
+        if is_main():
+            with atomic_dir(dest) as tmp:
+                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+
+    # -------------------------------------------------------------------------------------------- loop
+    model.train()
+    t0, steps_this_run, plan_epoch, batches = time.perf_counter(), 0, -1, []
+    lengths = [len(x) for x in train_ids]
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        if epoch != plan_epoch:  # the plan depends only on (seed, epoch): a resumed run rebuilds the same one
+            batches = length_grouped_batches(lengths, cfg.micro_batch, seed=cfg.seed, epoch=epoch)[:micro_per_epoch]
+            plan_epoch = epoch
+        in_epoch = step - epoch * steps_per_epoch
+        group = batches[in_epoch * accum * world:(in_epoch + 1) * accum * world]
+        loss_sum, tokens = torch.zeros((), device=accelerator.device), 0
+        for micro in group[rank()::world]:
+            ids, mask = collate([train_ids[i] for i in micro], pad_id)
+            labels = torch.as_tensor(train_labels[micro], device=accelerator.device)
+            with accelerator.accumulate(model):
+                logits = model(input_ids=ids.to(accelerator.device), attention_mask=mask.to(accelerator.device)).logits
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad()
+            loss_sum += loss.detach() / accum
+            tokens += int(mask.sum())
+        scheduler.step()
+        step += 1
+        steps_this_run += 1
+        loss_mean = accelerator.reduce(loss_sum, "mean").item()
+        row = {"ce": loss_mean}
+        if step % cfg.eval_every == 0 or step == total_steps:
+            metrics = evaluate()
+            row.update(valid_log_loss=metrics["log_loss"], valid_accuracy=metrics["accuracy"])
+            if best is None or metrics["log_loss"] < best["valid_log_loss"]:
+                best = {"valid_log_loss": metrics["log_loss"], "valid_accuracy": metrics["accuracy"], "step": step}
+                save_adapter(out / "best")
+            model.train()
+        logger.log(step, loss_mean, row, scheduler.get_last_lr()[0], tokens * world, epoch=epoch)
+        if step % cfg.save_every == 0 or step == total_steps:
+            save_checkpoint(accelerator, ckpt_dir, {"step": step, "best": best})
+        if cfg.stop_after > 0 and steps_this_run >= cfg.stop_after and step < total_steps:
+            print0(f"[teacher] stop_after={cfg.stop_after}: stopping at step {step} (resume by re-running)")
+            save_checkpoint(accelerator, ckpt_dir, {"step": step, "best": best})
+            return {"stopped": True, "step": step, "out": str(out)}
+
+    # ------------------------------------------------------------------------------------ save/summary
+    save_adapter(out / "last")
+    accelerator.wait_for_everyone()
+    summary = {}
+    if is_main():
+        for f in (out / "best").iterdir():  # the best adapter is the stage's result, at the top level
+            shutil.copy2(f, out / f".{f.name}.tmp")
+            (out / f".{f.name}.tmp").replace(out / f.name)
+        rows = pd.read_parquet(data_dir / "train.parquet", columns=["label"])["label"]
+        summary = {"model": cfg.model, "fold": cfg.fold, "valid_log_loss": best["valid_log_loss"],
+                   "valid_accuracy": best["valid_accuracy"], "best_step": best["step"], "n_valid": len(dev),
+                   "n_train": len(train), "prior_log_loss": prior_log_loss(rows, dev_labels),
+                   "total_steps": total_steps, "train_seconds_this_run": round(time.perf_counter() - t0, 1),
+                   "base_model": str(base), "init_adapter": init_from}
+        atomic_write_json(out / "metrics.json", summary)
+        mark_done(out, stage="teacher", **{k: summary[k] for k in ("valid_log_loss", "best_step")})
+        names = [*cfg.teachers, *([cfg.student] if cfg.student else [])] or [cfg.model]
+        atomic_write_text(Path(cfg.save_dir) / "cv_table.md", cv_table(cfg.save_dir, names, cfg.n_folds))
+        print0(f"[teacher] done: valid log loss {summary['valid_log_loss']:.4f} (prior "
+               f"{summary['prior_log_loss']:.4f}), accuracy {summary['valid_accuracy']:.3f}, best step "
+               f"{summary['best_step']} -> {out}")
+    accelerator.wait_for_everyone()
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except StageInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)

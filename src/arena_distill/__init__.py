@@ -1,0 +1,1 @@
+"""arena-distill shared library: one concern per module (see docs/architecture.md)."""

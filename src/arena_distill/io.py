@@ -1,0 +1,148 @@
+"""Atomic writes, "done" markers and input checks shared by every stage.
+
+Why: a killed run must never leave a file or folder that looks finished. Files are written to a
+temporary sibling and renamed; a stage's output folder gets ``DONE.json`` last, and later stages (and
+re-runs) look for that marker rather than for any single file.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+DONE = "DONE.json"
+
+
+class StageInputError(RuntimeError):
+    """A required input is missing or invalid; the message says what to run first or what to fix."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path``, on error delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
+    text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
+    return atomic_write_text(path, text)
+
+
+def atomic_write_parquet(path: str | os.PathLike, df: "Any") -> Path:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def atomic_write_csv(path: str | os.PathLike, df: "Any") -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a whole output folder under a temporary name and rename it into place when complete.
+
+    Any previous folder at ``path`` is replaced only after the new one is finished.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Append one JSON line (logs). Appends of one line are effectively atomic on local disks."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise StageInputError(f"{path}: line {lineno} is not valid JSON: {exc}") from None
+    return out
+
+
+def mark_done(out_dir: str | os.PathLike, **info: Any) -> Path:
+    """Write the stage's completion marker; always the last write of a stage."""
+    return atomic_write_json(Path(out_dir) / DONE, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+
+
+def is_done(out_dir: str | os.PathLike) -> bool:
+    return (Path(out_dir) / DONE).is_file()
+
+
+def read_done(out_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(out_dir) / DONE).read_text(encoding="utf-8"))
+
+
+def require(path: str | os.PathLike, run_first: str, what: str = "input") -> Path:
+    """Fail with a message naming the missing path and the command that produces it."""
+    p = Path(path)
+    if not p.exists():
+        raise StageInputError(f"missing {what}: {p}\n  -> run first: {run_first}")
+    return p
+
+
+def require_done(out_dir: str | os.PathLike, run_first: str, what: str = "stage output") -> Path:
+    p = Path(out_dir)
+    if not is_done(p):
+        state = "incomplete (no DONE.json: the producing run did not finish)" if p.exists() else "missing"
+        raise StageInputError(f"{what} {state}: {p}\n  -> run first: {run_first}")
+    return p

@@ -1,0 +1,181 @@
+"""Tokenizer and model loading, LoRA / QLoRA setup, adapter I/O.
+
+One code path for every size: the tiny random-weight checkpoints of the CPU profile and the real
+70B teachers are both plain ``from_pretrained`` folders. Classifiers are built with
+``AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)`` from causal-LM
+checkpoints, so the score head is new and must be trained (and saved through ``modules_to_save``).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .dist import pick_device, pick_dtype, warn0
+from .io import StageInputError
+
+# Keep imports of transformers/peft quiet and offline: nothing may be fetched from a hub here.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+HEAD_NAMES = ("score", "classifier")
+
+
+def model_folder(model_dir: str | os.PathLike, name: str, run_first: str = "sh run_data.sh") -> Path:
+    """``<model_dir>/<name>`` checked to be a loadable checkpoint folder."""
+    path = Path(model_dir) / name
+    if not (path / "config.json").is_file():
+        raise StageInputError(
+            f"model '{name}' not found: {path}/config.json is missing\n"
+            f"  -> put the checkpoint there (see model_path/README.md), or for the tiny profile run first: "
+            f"{run_first}")
+    return path
+
+
+def load_tokenizer(path: str | os.PathLike, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token_id is None:
+        # Llama-3 ships no pad token; reuse EOS (the classifier pools the last non-pad position, and
+        # attention masks hide the padding), as the seed does.
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def quantization_config(quant: str | None, compute_dtype: torch.dtype):
+    """``nf4`` (QLoRA teachers) / ``int8`` through bitsandbytes, or None."""
+    if not quant:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quant == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    if quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"unknown quantization {quant!r} (expected nf4, int8 or empty)")
+
+
+def _common_kwargs(dtype: torch.dtype, quant: str | None, attn_implementation: str | None,
+                   device_map: Any) -> dict:
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    qconf = quantization_config(quant, dtype)
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+        if device_map is None:
+            # k-bit weights are placed at load time; under launchers one process = one device.
+            device = pick_device()
+            device_map = {"": device.index if device.type == "cuda" else "cpu"}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
+def load_classifier(path: str | os.PathLike, *, num_labels: int = 3, dtype: str | torch.dtype = "auto",
+                    quant: str | None = None, attn_implementation: str | None = None, device_map: Any = None,
+                    pad_token_id: int | None = None):
+    """A 3-class sequence classifier from a causal-LM (or classifier) checkpoint folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch_dtype = pick_dtype(dtype) if isinstance(dtype, str) else dtype
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=num_labels, **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
+    if pad_token_id is not None:
+        # The classifier pools the last non-pad token: it must know which id is padding.
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto", quant: str | None = None,
+                   attn_implementation: str | None = None, device_map: Any = None):
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = pick_dtype(dtype) if isinstance(dtype, str) else dtype
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
+
+
+def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str] | str,
+             task: str = "SEQ_CLS", train_head: bool = True, gradient_checkpointing: bool = False):
+    """Wrap ``model`` with a fresh LoRA; for classifiers the score head is trainable and saved."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    targets: list[str] | str = "all-linear" if target_modules in ("all-linear", ["all-linear"]) else list(target_modules)
+    head = [n for n in HEAD_NAMES if hasattr(model, n)] if (task == "SEQ_CLS" and train_head) else None
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type=task, modules_to_save=head or None, bias="none")
+    return get_peft_model(model, config)
+
+
+def init_lora_from_adapter(peft_model, adapter_dir: str | os.PathLike, drop_head: bool = True) -> int:
+    """Load LoRA A/B weights of a saved adapter into ``peft_model`` (e.g. the post-pretrained adapter as
+    the start of fold training). The saved score head is dropped when ``drop_head`` (the seed throws it
+    away: the new task's head starts fresh). Returns the number of tensors loaded."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    file = Path(adapter_dir) / "adapter_model.safetensors"
+    if not file.is_file():
+        raise StageInputError(f"adapter weights missing: {file}")
+    state = load_file(str(file))
+    if drop_head:
+        # Keep this model's freshly initialised head: peft expects the head keys, so put the current ones.
+        is_head = lambda key: any(f"{h}." in key for h in HEAD_NAMES)  # noqa: E731
+        state = {k: v for k, v in state.items() if not is_head(k)}
+        state.update({k: v for k, v in get_peft_model_state_dict(peft_model).items() if is_head(k)})
+    result = set_peft_model_state_dict(peft_model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise StageInputError(f"{file}: {len(unexpected)} tensors do not fit this model/LoRA config "
+                              f"(e.g. {unexpected[0]}); was it trained with the same r / target modules?")
+    return len(state)
+
+
+def load_peft(model, adapter_dir: str | os.PathLike, trainable: bool = False):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+
+
+def count_params(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def trainable_state_dict(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def describe(model) -> str:
+    trainable, total = count_params(model)
+    return f"trainable {trainable:,} / total {total:,} params ({100 * trainable / max(total, 1):.3f}%)"
+
+
+def check_not_quantized(path: str | os.PathLike) -> None:
+    """Merging LoRA into already-quantized weights is lossy/undefined: refuse (LLaMA-Factory does too)."""
+    import json
+
+    cfg = Path(path) / "config.json"
+    if cfg.is_file() and "quantization_config" in json.loads(cfg.read_text()):
+        raise StageInputError(f"{path} is a quantized checkpoint; merge adapters into the full-precision base "
+                              "model, then quantize the merged result")
+
+
+def warn_if_cpu_quant(quant: str | None) -> str | None:
+    """bitsandbytes 4-bit works on CPU but is slow and not what the CPU profile measures; keep it explicit."""
+    if quant and not torch.cuda.is_available():
+        warn0(f"quantization '{quant}' requested without CUDA: running bitsandbytes on CPU (slow)")
+    return quant

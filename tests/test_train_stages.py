@@ -5,10 +5,8 @@ learnable rule (a marker token decides the label), so these tests do not depend 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +15,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_stage(filename: str):
-    spec = importlib.util.spec_from_file_location(f"stage_{filename[:2]}", REPO / "src" / filename)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_stage
 
 
 def _rows(rng: np.random.Generator, n: int, start_id: int, swap_copies: bool) -> pd.DataFrame:

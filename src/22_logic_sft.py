@@ -1,0 +1,293 @@
+"""Stage 22: (Q)LoRA supervised fine-tuning of a causal LM on the self-reflection traces.
+
+Reads   data/logic/reflect/sft.json   alpaca rows {"instruction", "input", "output"} (stage 21)
+        model_path/<base_model>/      the base checkpoint (the seed: Llama-3.1-70B-Instruct itself)
+Writes  model_save/logic_sft/  adapter_model.safetensors + adapter_config.json (last step), log.jsonl (one
+        row per optimizer step; eval rows carry "eval_loss"), metrics.json, config.yaml (base_model = the
+        base folder, read back by stage 23), checkpoint/ (resume state), DONE.json
+
+Recipe (the seed's LLaMA-Factory settings, now in configs/*.yaml [logic_sft]): the tokenizer's chat
+template (user = instruction [+ "\\n" + input], assistant = output), loss on the response tokens only
+(labels -100 on the prompt), LoRA r16 / alpha32 on all linear layers, lr 5e-5, cosine with warmup ratio 0.1,
+10 epochs, cutoff 10,240 tokens, 4-bit nf4 base (QLoRA) on GPU, 1% validation split with eval loss every
+`eval_steps` optimizer steps. Length-grouped micro-batches, gradient accumulation to `global_batch`.
+
+Launch (repo root):
+    python src/22_logic_sft.py --config configs/tiny.yaml                                   # CPU / 1 GPU
+    accelerate launch --num_processes 8 src/22_logic_sft.py --config configs/a100x8.yaml     # 8 GPUs (DDP,
+        # each process holds the nf4 70B base, ~40 GB; global_batch 8 = the seed's 1 x 8 GPUs)
+
+Resume: a complete checkpoint (LoRA weights, optimizer, scheduler, RNG, loop position) is written every
+`save_steps` optimizer steps; re-running the same command continues from it (granularity: one optimizer
+step; the batch order depends only on seed and epoch). A finished run (DONE.json) is skipped unless force=true.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arena_distill import config as C
+from arena_distill.batching import collate, length_grouped_batches
+from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
+from arena_distill.io import StageInputError, atomic_dir, atomic_write_json, is_done, mark_done, require_done
+from arena_distill.models import add_lora, describe, load_causal_lm, load_tokenizer, model_folder, warn_if_cpu_quant
+from arena_distill.train_utils import StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
+    make_accelerator, save_checkpoint, truncate_log
+
+IGNORE = -100
+
+
+# ------------------------------------------------------------------------------------------------ config
+@dataclasses.dataclass
+class SFTConfig:
+    base_model: str = C.field("", help="base checkpoint: a folder name under model_dir")
+    model_dir: str = C.field("model_path", help="base checkpoints")
+    save_dir: str = C.field("model_save", help="where adapters and merged models go")
+    logic_dir: str = C.field("data/logic", help="generation runs (stage 20/21 outputs)")
+    reflect_name: str = C.field("reflect", help="stage-21 folder under logic_dir holding sft.json")
+    out_name: str = C.field("logic_sft", help="adapter folder under save_dir")
+    chat_template: bool = C.field(True, help="format rows with the tokenizer's chat template (false = raw "
+                                             "prompt + output + eos)")
+    cutoff_len: int = C.field(10240, help="max tokens per row (prompt + response); longer responses are cut")
+    val_size: float = C.field(0.01, help="fraction of rows held out for eval loss (at least 1 row when > 0)")
+    seed: int = C.field(2025, help="base seed (each rank uses seed + rank); also the split and batch order")
+    quant: str = C.field("", help="'nf4' = QLoRA 4-bit base (CUDA), '' = full-precision base")
+    dtype: str = C.field("auto", help="base weights dtype: auto (bf16 GPU / fp32 CPU), fp32, bf16, fp16")
+    attn_implementation: str = C.field("", help="'' = transformers default (sdpa); flash_attention_2 on A100")
+    lora_r: int = C.field(16, help="LoRA rank (the seed: 16)")
+    lora_alpha: int = C.field(32, help="LoRA alpha (the seed: 32)")
+    lora_dropout: float = C.field(0.0, help="LoRA dropout (LLaMA-Factory's default 0)")
+    target_modules: list[str] = C.field(["all-linear"], help="LoRA targets (the seed: lora_target=all)")
+    lr: float = C.field(5e-5, help="peak learning rate")
+    epochs: float = C.field(10.0, help="epochs over the training rows")
+    max_steps: int = C.field(-1, help="cap on optimizer steps (-1 = from epochs)")
+    global_batch: int = C.field(8, help="rows per optimizer step over all processes")
+    micro_batch: int = C.field(1, help="rows per forward pass per process")
+    betas: list[float] = C.field([0.9, 0.999], help="AdamW betas (transformers' defaults, as LLaMA-Factory)")
+    weight_decay: float = C.field(0.0, help="AdamW weight decay")
+    grad_clip: float = C.field(1.0, help="max grad norm")
+    warmup_ratio: float = C.field(0.1, help="linear warmup over this fraction of the optimizer steps")
+    min_lr_ratio: float = C.field(0.0, help="cosine floor as a fraction of lr")
+    gradient_checkpointing: bool = C.field(False, help="trade compute for memory (70B: true)")
+    mixed_precision: str = C.field("auto", help="accelerate mixed precision: auto, no, bf16, fp16")
+    eval_steps: int = C.field(10, help="eval loss on the validation rows every N optimizer steps (and at the end)")
+    save_steps: int = C.field(20, help="write a resume checkpoint every N optimizer steps")
+    cpu_threads: int = C.field(0, help="torch threads on CPU (0 = torch's default; 1 avoids oversubscribing a "
+                                       "shared 2-core box)")
+    stop_after: int = C.field(-1, help="testing aid: stop (as if killed) after N optimizer steps of this run")
+    force: bool = C.field(False, help="retrain even if DONE.json exists")
+
+    def __post_init__(self) -> None:
+        if not self.base_model:
+            raise C.ConfigError("base_model= is required (a folder name under model_dir)")
+        if self.quant not in ("", "nf4"):
+            raise C.ConfigError(f"quant must be '' or nf4, got {self.quant!r}")
+        if not 0 <= self.val_size < 0.5:
+            raise C.ConfigError("val_size must be in [0, 0.5)")
+
+
+# ------------------------------------------------------------------------------------------------- data
+def encode_example(tok, instruction: str, inp: str, output: str, cutoff_len: int,
+                   chat_template: bool = True) -> tuple[list[int], list[int]] | None:
+    """``(input_ids, labels)`` with labels = -100 on every prompt token; None when the prompt alone does not
+    fit ``cutoff_len`` (the row is dropped; an over-long response is cut at the end instead)."""
+    user = instruction if not inp else f"{instruction}\n{inp}"
+    if chat_template:
+        prompt_text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                              add_generation_prompt=True)
+        full_text = tok.apply_chat_template([{"role": "user", "content": user},
+                                             {"role": "assistant", "content": output}], tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise ValueError("the chat template renders the prompt differently with and without the assistant "
+                             "turn; response-only masking needs it to be a prefix (use chat_template=false)")
+        prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+        response_ids = tok(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    else:
+        prompt_ids = tok(user)["input_ids"]
+        response_ids = tok(output, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    if len(prompt_ids) >= cutoff_len:
+        return None
+    response_ids = response_ids[:cutoff_len - len(prompt_ids)]
+    return prompt_ids + response_ids, [IGNORE] * len(prompt_ids) + response_ids
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = C.load_config(SFTConfig, "logic_sft", argv)
+    out = Path(cfg.save_dir) / cfg.out_name
+    if is_done(out) and not cfg.force:
+        print0(f"[logic_sft] {out} is done; skipping (force=true to retrain)")
+        return {"skipped": True, "out": str(out)}
+    if cfg.force and is_main() and out.exists():
+        shutil.rmtree(out)
+
+    # -------------------------------------------------------------------------------------------- init
+    reflect = Path(cfg.logic_dir) / cfg.reflect_name
+    require_done(reflect, "python src/21_logic_reflect.py", what="self-reflection SFT data")
+    base = model_folder(cfg.model_dir, cfg.base_model, run_first="python src/01_build_tiny_models.py")
+    if cfg.cpu_threads > 0 and not torch.cuda.is_available():
+        torch.set_num_threads(cfg.cpu_threads)
+    world = world_size()
+    accum = grad_accum_for(cfg.global_batch, cfg.micro_batch, world)
+    accelerator = make_accelerator(accum, cfg.mixed_precision)
+    seed = seed_everything(cfg.seed)
+    print0(f"[logic_sft] base={base} processes={world} device={accelerator.device} micro_batch={cfg.micro_batch} "
+           f"accum={accum} global_batch={cfg.global_batch} seed={seed}")
+
+    # -------------------------------------------------------------------------------------------- data
+    rows = json.loads((reflect / "sft.json").read_text(encoding="utf-8"))
+    tokenizer = load_tokenizer(base)
+    encoded, dropped = [], 0
+    for r in rows:
+        ex = encode_example(tokenizer, r["instruction"], r.get("input", ""), r["output"], cfg.cutoff_len,
+                            cfg.chat_template)
+        if ex is None:
+            dropped += 1
+        else:
+            encoded.append(ex)
+    if dropped:
+        print0(f"[logic_sft] dropped {dropped} rows whose prompt alone exceeds cutoff_len={cfg.cutoff_len}")
+    perm = np.random.default_rng(cfg.seed).permutation(len(encoded))
+    n_val = max(1, round(len(encoded) * cfg.val_size)) if cfg.val_size > 0 and len(encoded) >= 2 else 0
+    val = [encoded[i] for i in perm[:n_val]]
+    train = [encoded[i] for i in perm[n_val:]]
+    micro_per_epoch = (len(train) // cfg.micro_batch) // (accum * world) * (accum * world)
+    steps_per_epoch = micro_per_epoch // (accum * world)
+    total_steps = math.ceil(steps_per_epoch * cfg.epochs) if cfg.max_steps < 0 else cfg.max_steps
+    if steps_per_epoch <= 0 or total_steps <= 0:
+        raise StageInputError(f"{reflect}/sft.json gives {len(train)} training rows: fewer than one global batch "
+                              f"({cfg.global_batch}); lower global_batch or produce more SFT rows")
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    n_resp = sum(sum(l != IGNORE for l in lab) for _, lab in train)
+    print0(f"[logic_sft] rows {len(rows)} -> train {len(train)} / valid {len(val)}; response tokens {n_resp:,}; "
+           f"steps/epoch {steps_per_epoch}, total {total_steps}, warmup {warmup}")
+
+    # ------------------------------------------------------------------------------------------- model
+    model = load_causal_lm(base, dtype=cfg.dtype, quant=warn_if_cpu_quant(cfg.quant),
+                           attn_implementation=cfg.attn_implementation or None)
+    model.config.use_cache = False
+    model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                     target_modules=cfg.target_modules, task="CAUSAL_LM",
+                     gradient_checkpointing=cfg.gradient_checkpointing)
+    print0(f"[logic_sft] {describe(model)}")
+    optimizer = build_optimizer(model, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
+    scheduler = cosine_schedule(optimizer, warmup, total_steps, cfg.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    # ------------------------------------------------------------------------------------------ resume
+    ckpt_dir = out / "checkpoint"
+    state = load_checkpoint(accelerator, ckpt_dir) or {"step": 0}
+    step = state["step"]
+    if step:
+        print0(f"[logic_sft] resumed from {ckpt_dir} at step {step}")
+        truncate_log(out / "log.jsonl", step)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        C.save_config(cfg, out, seed=seed, base_model=str(base), n_train=len(train), n_valid=len(val))
+    logger = StepLogger(out / "log.jsonl", total_steps)
+    pad_id = tokenizer.pad_token_id
+    device = accelerator.device
+
+    def batch(examples: list[tuple[list[int], list[int]]]):
+        ids, mask = collate([e[0] for e in examples], pad_id)
+        labels, _ = collate([e[1] for e in examples], IGNORE)
+        return ids.to(device), mask.to(device), labels.to(device)
+
+    def evaluate() -> float | None:
+        """Token-mean CE on the response tokens of the validation rows (all ranks)."""
+        if not val:
+            return None
+        model.eval()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        n_tok = torch.zeros((), device=device, dtype=torch.float64)
+        with torch.no_grad():
+            for ex in val[rank()::world]:
+                ids, mask, labels = batch([ex])
+                n = (labels[:, 1:] != IGNORE).sum()
+                loss_sum += model(input_ids=ids, attention_mask=mask, labels=labels).loss.double() * n
+                n_tok += n
+        model.train()
+        return (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(n_tok, "sum").clamp(min=1)).item()
+
+    # -------------------------------------------------------------------------------------------- loop
+    model.train()
+    t0, steps_this_run, plan_epoch, plan = time.perf_counter(), 0, -1, []
+    lengths = [len(e[0]) for e in train]
+    eval_loss = None
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        if epoch != plan_epoch:  # depends only on (seed, epoch): a resumed run rebuilds the same plan
+            plan = length_grouped_batches(lengths, cfg.micro_batch, seed=cfg.seed, epoch=epoch)[:micro_per_epoch]
+            plan_epoch = epoch
+        in_epoch = step - epoch * steps_per_epoch
+        group = plan[in_epoch * accum * world:(in_epoch + 1) * accum * world]
+        loss_sum, tokens = torch.zeros((), device=device), 0
+        for micro in group[rank()::world]:
+            ids, mask, labels = batch([train[i] for i in micro])
+            with accelerator.accumulate(model):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad()
+            loss_sum += loss.detach() / accum
+            tokens += int(mask.sum())
+        scheduler.step()
+        step += 1
+        steps_this_run += 1
+        loss_mean = accelerator.reduce(loss_sum, "mean").item()
+        extra = {}
+        if step % cfg.eval_steps == 0 or step == total_steps:
+            eval_loss = evaluate()
+            if eval_loss is not None:
+                extra["eval_loss"] = eval_loss
+        logger.log(step, loss_mean, {"ce": loss_mean, **extra}, scheduler.get_last_lr()[0], tokens * world,
+                   epoch=epoch)
+        if step % cfg.save_steps == 0 or step == total_steps:
+            save_checkpoint(accelerator, ckpt_dir, {"step": step})
+        if cfg.stop_after > 0 and steps_this_run >= cfg.stop_after and step < total_steps:
+            print0(f"[logic_sft] stop_after={cfg.stop_after}: stopping at step {step} (resume by re-running)")
+            save_checkpoint(accelerator, ckpt_dir, {"step": step})
+            return {"stopped": True, "step": step, "out": str(out)}
+
+    # ------------------------------------------------------------------------------------ save/summary
+    state_dict = accelerator.get_state_dict(model)
+    summary: dict = {}
+    if is_main():
+        with atomic_dir(out / "adapter.tmp") as tmp:  # built whole, then its files move to the top level
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+        for f in (out / "adapter.tmp").iterdir():
+            f.replace(out / f.name)
+        shutil.rmtree(out / "adapter.tmp")
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+        train_losses = [r["loss"] for r in log]
+        evals = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r]
+        summary = {"base_model": str(base), "n_rows": len(rows), "n_train": len(train), "n_valid": len(val),
+                   "n_dropped_cutoff": dropped, "total_steps": total_steps, "epochs": cfg.epochs,
+                   "train_loss_first": train_losses[0], "train_loss_last": train_losses[-1],
+                   "train_loss_min": min(train_losses),
+                   "eval_loss_first": evals[0][1] if evals else None, "eval_loss_last": evals[-1][1] if evals else None,
+                   "eval_curve": evals, "train_seconds_this_run": round(time.perf_counter() - t0, 1)}
+        atomic_write_json(out / "metrics.json", summary)
+        mark_done(out, stage="logic_sft", total_steps=total_steps, eval_loss=summary["eval_loss_last"])
+        print0(f"[logic_sft] done: train loss {summary['train_loss_first']:.4f} -> {summary['train_loss_last']:.4f}"
+               f", eval loss {summary['eval_loss_first']} -> {summary['eval_loss_last']} -> {out}")
+    accelerator.wait_for_everyone()
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except StageInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2)

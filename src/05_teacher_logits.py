@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         if device is not None:
             model.to(device)
         sel = np.flatnonzero(scorer == j)
-        idx, part = score_classifier(model, [sequences[i] for i in sel], tokenizer.pad_token_id,
+        idx, part, _ = score_classifier(model, [sequences[i] for i in sel], tokenizer.pad_token_id,
                                      batch_size=cfg.batch_size, max_tokens=cfg.max_tokens or None,
                                      desc=f"teacher fold {j}", shard=(rank(), world_size()))
         if world_size() > 1:

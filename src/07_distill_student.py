@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     pad_id = tokenizer.pad_token_id
 
     def evaluate() -> dict:
-        idx, logits = score_classifier(model, dev_ids, pad_id, batch_size=cfg.eval_batch,
+        idx, logits, _ = score_classifier(model, dev_ids, pad_id, batch_size=cfg.eval_batch,
                                        max_tokens=cfg.eval_max_tokens or None, device=accelerator.device,
                                        desc="valid", shard=(rank(), world))
         gathered = gather_object([(idx, logits)])

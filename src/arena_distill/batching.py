@@ -56,6 +56,11 @@ def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | No
     return batches
 
 
+def file_order_batches(n: int, batch_size: int) -> list[np.ndarray]:
+    """Batches in file order (the unsorted baseline the speed benchmark compares with)."""
+    return [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
 def collate(sequences: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right",
             pad_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad to the longest row (or ``pad_to``, only used by the naive benchmark baseline)."""

@@ -22,6 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Idle OpenMP threads sleep instead of spinning: when test subprocesses share the 2 cores, spinning made
+# a 2-thread forward ~60x slower (measured by the benchmark, docs/benchmarks.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import importlib.util  # noqa: E402
 import random  # noqa: E402

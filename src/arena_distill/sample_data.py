@@ -264,7 +264,9 @@ def generate_split(n: int, seed: int, stream: int, *, quirk_scale: float = 1.0, 
                         "p_a": p[0], "p_b": p[1], "p_tie": p[2], "label": label, "quirks": ",".join(r.quirks),
                         "w_a": r.feats_a[0], "w_b": r.feats_b[0]})
     order = rng.permutation(n)  # duplicates land anywhere, not next to their original
-    df = pd.DataFrame([records[i] for i in order])
+    columns = ["model_a", "model_b", "prompt", "response_a", "response_b", *LABEL_COLUMNS,
+               "p_a", "p_b", "p_tie", "label", "quirks", "w_a", "w_b"]
+    df = pd.DataFrame([records[i] for i in order], columns=columns)  # columns kept when n == 0
     df.insert(0, "id", _unique_ids(rng, n, exclude_ids or set()))
     return df, quirk_counts
 

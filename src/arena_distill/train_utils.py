@@ -11,6 +11,7 @@ the micro-batches already consumed, so its loss curve equals an uninterrupted ru
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -35,6 +36,8 @@ def make_accelerator(grad_accum_steps: int, mixed_precision: str = "auto"):
             mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             mixed_precision = "no"
+    # Some imported package (DeepSpeed / GPTQModel) turns on INFO logging; checkpoint chatter is not a log line.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     accelerator = Accelerator(gradient_accumulation_steps=grad_accum_steps, mixed_precision=mixed_precision)
     _register_trainable_only_hooks(accelerator)
     return accelerator

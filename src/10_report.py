@@ -4,7 +4,7 @@ Reads   model_save/<teacher>fold<k>/metrics.json, model_save/<student>fold<k>/me
         model_save/final_merged/{average_report.json, heldout_predictions.parquet} (stage 8)
         model_save/final_model_gptq/quant_report.json (stage 9), sub/predict_report.json (predict_test.py)
         <data_dir>/truth.csv (sample data only: the true class probabilities, for the best achievable loss)
-Writes  docs/cv_report.md (``out``) and docs/reliability.png (``png``): per-fold CV of teachers and student,
+Writes  sub/cv_report.md (``out``) and sub/reliability.png (``png``): per-fold CV of teachers and student,
         the fold-averaged student (lora_mean vs delta_mean), fp vs quantized, prediction speed, and a
         reliability (calibration) diagram of the averaged student on held-out rows.
 
@@ -47,8 +47,8 @@ class ReportConfig:
     merged_dir: str = C.field("", help="stage 8 output; empty = <save_dir>/final_merged")
     gptq_dir: str = C.field("", help="stage 9 output; empty = <save_dir>/final_model_gptq")
     predict_report: str = C.field("sub/predict_report.json", help="written by predict_test.py")
-    out: str = C.field("docs/cv_report.md", help="markdown report")
-    png: str = C.field("docs/reliability.png", help="reliability diagram")
+    out: str = C.field("sub/cv_report.md", help="markdown report")
+    png: str = C.field("sub/reliability.png", help="reliability diagram")
     n_bins: int = C.field(10, help="probability bins of the reliability diagram")
 
 

@@ -40,7 +40,7 @@ from arena_distill import config as C  # noqa: E402
 from arena_distill.arena_text import (PROMPT_MAX_TOKENS, PROMPT_MAX_WORDS, RESPONSE_MAX_WORDS,  # noqa: E402
                                       encode_batch, encode_batch_both, read_arena_csv)
 from arena_distill.dist import pick_device, print0, rank, world_size  # noqa: E402
-from arena_distill.io import StageInputError, atomic_write_json, require  # noqa: E402
+from arena_distill.io import atomic_write_json, require, run_stage  # noqa: E402
 from arena_distill.metrics import log_loss, softmax  # noqa: E402
 from arena_distill.predict import (gather_parts, load_for_prediction, resolve_model_source, run_tag,  # noqa: E402
                                    tta_combine, write_part, write_submission)
@@ -188,8 +188,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

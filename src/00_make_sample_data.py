@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from arena_distill.config import field, load_config, save_config  # noqa: E402
 from arena_distill.dist import print0, seed_everything  # noqa: E402
-from arena_distill.io import (DONE, StageInputError, atomic_write_csv, atomic_write_json,  # noqa: E402
-                              is_done, mark_done, read_done)
+from arena_distill.io import (DONE, atomic_write_csv, atomic_write_json, is_done, mark_done, read_done, run_stage,  # noqa: E402
+                              StageInputError)
 from arena_distill.sample_data import make_sample  # noqa: E402
 
 GENERATOR = "arena_distill.sample_data"
@@ -109,8 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_stage(main)

@@ -32,7 +32,6 @@ rebuilds). Granularity: one model. Under a multi-process launcher only rank 0 bu
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from transformers.utils import logging as hf_logging
 
 from arena_distill import config as C
 from arena_distill.dist import is_main, print0, warn0
-from arena_distill.io import StageInputError, atomic_dir, is_done, mark_done, read_done
+from arena_distill.io import atomic_dir, is_done, mark_done, read_done, run_stage, StageInputError
 from arena_distill.tiny import DEFAULT_SPECS, TinyModelSpec, build_one, iter_corpus, model_seed, qwen2_vocab_available
 
 
@@ -152,8 +151,4 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_stage(main)

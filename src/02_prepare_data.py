@@ -57,8 +57,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from arena_distill import arena_text as at  # noqa: E402
 from arena_distill.config import config_dict, field, load_config, save_config  # noqa: E402
 from arena_distill.dist import print0, seed_everything, warn0  # noqa: E402
-from arena_distill.io import (StageInputError, atomic_dir, atomic_path, atomic_write_csv,  # noqa: E402
-                              atomic_write_json, atomic_write_text, is_done, mark_done, read_done, require)
+from arena_distill.io import (atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text,  # noqa: E402
+                              is_done, mark_done, read_done, require, run_stage, StageInputError)
 
 EXTRA_ID_BASE = {"33k": 10**12, "ut": 2 * 10**12}
 SCHEMA = pa.schema([("id", pa.int64()), ("swap", pa.bool_()), ("label", pa.int8()),
@@ -363,8 +363,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (StageInputError, at.ArenaParseError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_stage(main, at.ArenaParseError)

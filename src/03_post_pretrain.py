@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -32,8 +31,8 @@ import torch
 from arena_distill import config as C
 from arena_distill.batching import collate, length_grouped_batches
 from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
-from arena_distill.io import StageInputError, atomic_dir, atomic_write_json, is_done, mark_done, \
-    require, require_done
+from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done, require, require_done, run_stage,
+                              StageInputError)
 from arena_distill.models import add_lora, describe, load_classifier, load_tokenizer, model_folder, warn_if_cpu_quant
 from arena_distill.train_utils import StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
     make_accelerator, save_checkpoint, truncate_log
@@ -208,8 +207,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

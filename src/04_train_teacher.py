@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -37,8 +36,8 @@ from accelerate.utils import gather_object
 from arena_distill import config as C
 from arena_distill.batching import collate, length_grouped_batches
 from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
-from arena_distill.io import StageInputError, atomic_dir, atomic_write_json, atomic_write_text, is_done, mark_done, \
-    require, require_done
+from arena_distill.io import (atomic_dir, atomic_write_json, atomic_write_text, is_done, mark_done, require,
+                              require_done, run_stage, StageInputError)
 from arena_distill.metrics import classification_metrics, cv_table, prior_log_loss
 from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
     model_folder, warn_if_cpu_quant
@@ -247,8 +246,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

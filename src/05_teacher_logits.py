@@ -25,14 +25,14 @@ Re-running skips an existing output unless force=true.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from arena_distill import config as C
 from arena_distill.dist import is_main, pick_device, print0, rank, world_size
-from arena_distill.io import StageInputError, atomic_write_json, atomic_write_parquet, require, require_done
+from arena_distill.io import (atomic_write_json, atomic_write_parquet, require, require_done, run_stage,
+                              StageInputError)
 from arena_distill.metrics import classification_metrics
 from arena_distill.models import load_classifier, load_peft, load_tokenizer, model_folder, warn_if_cpu_quant
 from arena_distill.scoring import score_classifier
@@ -146,8 +146,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

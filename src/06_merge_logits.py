@@ -16,7 +16,6 @@ teacher that was retrained (new logits file) is merged again.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ import pandas as pd
 
 from arena_distill import config as C
 from arena_distill.dist import print0
-from arena_distill.io import StageInputError, atomic_write_json, atomic_write_parquet, require, require_done
+from arena_distill.io import (atomic_write_json, atomic_write_parquet, require, require_done, run_stage,
+                              StageInputError)
 
 KEYS = ["source", "id", "swap"]
 
@@ -103,8 +103,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

@@ -45,8 +45,8 @@ import torch  # noqa: E402
 
 from arena_distill import config as C  # noqa: E402
 from arena_distill.dist import pick_dtype, print0, seed_everything, warn0  # noqa: E402
-from arena_distill.io import (StageInputError, atomic_dir, atomic_write_json, is_done, mark_done, read_done,  # noqa: E402
-                              require_done)
+from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done, read_done, require_done, run_stage,  # noqa: E402
+                              StageInputError)
 from arena_distill.metrics import accuracy, log_loss  # noqa: E402
 from arena_distill.models import check_not_quantized, load_classifier, load_peft, load_tokenizer  # noqa: E402
 from arena_distill.metrics import softmax  # noqa: E402
@@ -300,8 +300,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

@@ -40,7 +40,8 @@ from arena_distill import config as C  # noqa: E402
 from arena_distill import quant  # noqa: E402
 from arena_distill.arena_text import encode_batch, read_arena_csv  # noqa: E402
 from arena_distill.dist import pick_device, pick_dtype, print0, seed_everything, warn0  # noqa: E402
-from arena_distill.io import StageInputError, atomic_write_json, is_done, mark_done, read_done, require_done  # noqa: E402
+from arena_distill.io import (atomic_write_json, is_done, mark_done, read_done, require_done, run_stage,  # noqa: E402
+                              StageInputError)
 from arena_distill.metrics import accuracy, log_loss  # noqa: E402
 from arena_distill.models import load_tokenizer  # noqa: E402
 from arena_distill.metrics import softmax  # noqa: E402
@@ -196,8 +197,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

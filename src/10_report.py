@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from arena_distill import config as C  # noqa: E402
-from arena_distill.io import StageInputError, atomic_path, atomic_write_text  # noqa: E402
+from arena_distill.io import atomic_path, atomic_write_text, run_stage, StageInputError  # noqa: E402
 from arena_distill.metrics import cv_table, expected_calibration_error, log_loss, reliability_bins  # noqa: E402
 from arena_distill.dist import print0  # noqa: E402
 
@@ -215,8 +215,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from pathlib import Path
 
 from arena_distill import config as C
 from arena_distill.dist import print0, seed_everything
 from arena_distill.gen_backends import GenOptions, make_backend
-from arena_distill.io import StageInputError, atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl
+from arena_distill.io import (atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl, run_stage,
+                              StageInputError)
 from arena_distill.logic_text import (TEMPLATES, LogicDataError, generation_row, iter_questions, prompt_for,
                                       read_logic_data, select_problems)
 
@@ -163,8 +163,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (StageInputError, LogicDataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main, LogicDataError, FileNotFoundError)

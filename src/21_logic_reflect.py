@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -41,8 +40,8 @@ from typing import Callable
 from arena_distill import config as C
 from arena_distill.dist import print0, seed_everything
 from arena_distill.gen_backends import Backend, GenOptions, make_backend
-from arena_distill.io import (StageInputError, atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl,
-                              require_done)
+from arena_distill.io import (atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl, require_done,
+                              run_stage, StageInputError)
 from arena_distill.logic_text import (LogicDataError, extract_answer, iter_questions, read_generations, read_logic_data,
                                       select_problems)
 
@@ -217,8 +216,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (StageInputError, LogicDataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main, LogicDataError)

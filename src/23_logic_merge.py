@@ -18,14 +18,13 @@ Idempotent: a finished merge (DONE.json) is skipped unless force=true.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import torch
 
 from arena_distill import config as C
 from arena_distill.dist import print0
-from arena_distill.io import StageInputError, atomic_dir, atomic_write_json, mark_done, is_done, require_done
+from arena_distill.io import atomic_dir, atomic_write_json, is_done, mark_done, require_done, run_stage
 from arena_distill.models import check_not_quantized, load_causal_lm, load_peft, load_tokenizer
 
 
@@ -90,8 +89,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import sys
 from pathlib import Path
 
 from arena_distill import config as C
 from arena_distill.dist import print0
-from arena_distill.io import StageInputError, atomic_write_json, is_done, mark_done, require_done
+from arena_distill.io import atomic_write_json, is_done, mark_done, require_done, run_stage, StageInputError
 from arena_distill.logic_text import TEMPLATES, iter_questions, prompt_for, read_logic_data
 from arena_distill.models import load_tokenizer
 from arena_distill.quant import quantize_causal_lm
@@ -117,8 +116,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except StageInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main)

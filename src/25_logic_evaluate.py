@@ -33,8 +33,8 @@ import sys
 from pathlib import Path
 
 from arena_distill import config as C
-from arena_distill.io import (StageInputError, atomic_write_json, atomic_write_jsonl, atomic_write_text, is_done,
-                              mark_done, require, require_done)
+from arena_distill.io import (atomic_write_json, atomic_write_jsonl, atomic_write_text, is_done, mark_done, require,
+                              require_done, run_stage, StageInputError)
 from arena_distill.logic_text import LogicDataError, answer_file_rows, choose_predictions, read_generations, \
     read_logic_data, score, select_problems
 
@@ -135,8 +135,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (StageInputError, LogicDataError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+    run_stage(main, LogicDataError, FileNotFoundError)

@@ -10,10 +10,11 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 DONE = "DONE.json"
 
@@ -149,3 +150,13 @@ def require_done(out_dir: str | os.PathLike, run_first: str, what: str = "stage 
         state = "incomplete (no DONE.json: the producing run did not finish)" if p.exists() else "missing"
         raise StageInputError(f"{what} {state}: {p}\n  -> run first: {run_first}")
     return p
+
+
+def run_stage(main: Callable[[], Any], *user_errors: type[BaseException]) -> None:
+    """Command-line entry of a stage: a user-fixable problem (missing input, bad data) prints one
+    ``error: ...`` line and exits 2; anything else is a bug and keeps its traceback."""
+    try:
+        main()
+    except (StageInputError, *user_errors) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

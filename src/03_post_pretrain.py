@@ -34,13 +34,13 @@ from arena_distill.dist import is_main, print0, rank, seed_everything, world_siz
 from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done, require, require_done, run_stage,
                               StageInputError)
 from arena_distill.models import add_lora, describe, load_classifier, load_tokenizer, model_folder, warn_if_cpu_quant
-from arena_distill.train_utils import StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
+from arena_distill.train_utils import LoraArgs, TrainArgs, StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
     make_accelerator, save_checkpoint, truncate_log
 
 
 # ------------------------------------------------------------------------------------------------ config
 @dataclasses.dataclass
-class PostPretrainConfig:
+class PostPretrainConfig(LoraArgs, TrainArgs):
     model: str = C.field("", help="model name: a folder under model_dir (a teacher or the student)")
     seed: int = C.field(2025, help="base seed (each rank uses seed + rank)")
     processed_dir: str = C.field("data/processed_data", help="tokenized fold data (stage 2)")
@@ -48,29 +48,10 @@ class PostPretrainConfig:
     save_dir: str = C.field("model_save", help="where adapters go")
     out_dir: str = C.field("", help="output folder; default <save_dir>/<model>_ut")
     student: str = C.field("", help="the profile's student: it uses student_quant / student_attn_implementation")
-    quant: str = C.field("", help="teachers' base: 'nf4' = QLoRA 4-bit (CUDA), '' = full precision")
     student_quant: str = C.field("", help="the student's base quantization ('' = bf16 LoRA, as the seed)")
     student_attn_implementation: str = C.field("", help="attention for the student (e.g. eager for Gemma2)")
-    dtype: str = C.field("auto", help="base weights dtype: auto (bf16 GPU / fp32 CPU), fp32, bf16, fp16")
-    attn_implementation: str = C.field("", help="'' = transformers default (sdpa); 'eager' for Gemma2 softcapping")
-    lora_r: int = C.field(64, help="LoRA rank")
-    lora_alpha: int = C.field(128, help="LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = C.field(0.05, help="LoRA dropout")
-    target_modules: list[str] = C.field(["all-linear"], help="LoRA targets; all-linear = every linear layer")
-    lr: float = C.field(1e-5, help="peak learning rate")
-    epochs: float = C.field(1.0, help="epochs over the UT data")
-    max_steps: int = C.field(-1, help="cap on optimizer steps (-1 = from epochs)")
-    global_batch: int = C.field(64, help="rows per optimizer step over all processes")
-    micro_batch: int = C.field(4, help="rows per forward pass per process")
-    betas: list[float] = C.field([0.9, 0.95], help="AdamW betas")
-    weight_decay: float = C.field(0.0, help="AdamW weight decay")
-    grad_clip: float = C.field(1.0, help="max grad norm")
     warmup_steps: int = C.field(100, help="linear warmup steps")
-    min_lr_ratio: float = C.field(0.0, help="cosine floor as a fraction of lr")
-    gradient_checkpointing: bool = C.field(False, help="trade compute for memory (70B: true)")
-    mixed_precision: str = C.field("auto", help="accelerate mixed precision: auto, no, bf16, fp16")
     save_every: int = C.field(100, help="write a resume checkpoint every N optimizer steps")
-    stop_after: int = C.field(-1, help="testing aid: stop (as if killed) after N optimizer steps of this run")
     force: bool = C.field(False, help="retrain even if DONE.json exists")
 
     def __post_init__(self) -> None:

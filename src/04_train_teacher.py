@@ -42,13 +42,13 @@ from arena_distill.metrics import classification_metrics, cv_table, prior_log_lo
 from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
     model_folder, warn_if_cpu_quant
 from arena_distill.scoring import score_classifier
-from arena_distill.train_utils import StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
+from arena_distill.train_utils import LoraArgs, TrainArgs, StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
     make_accelerator, save_checkpoint, truncate_log
 
 
 # ------------------------------------------------------------------------------------------------ config
 @dataclasses.dataclass
-class TeacherConfig:
+class TeacherConfig(LoraArgs, TrainArgs):
     model: str = C.field("", help="teacher name: a folder under model_dir (e.g. llama3_70b)")
     fold: int = C.field(0, help="fold to train (its rows are the validation side)")
     seed: int = C.field(2025, help="base seed (each rank uses seed + rank)")
@@ -60,30 +60,12 @@ class TeacherConfig:
     student: str = C.field("", help="student name (for the CV table)")
     out_dir: str = C.field("", help="output folder; default <save_dir>/<model>fold<fold>")
     init_from_post_pretrain: bool = C.field(True, help="start LoRA from <save_dir>/<model>_ut when it exists")
-    quant: str = C.field("", help="'nf4' = QLoRA 4-bit base (CUDA), '' = full-precision base")
-    dtype: str = C.field("auto", help="base weights dtype: auto (bf16 GPU / fp32 CPU), fp32, bf16, fp16")
-    attn_implementation: str = C.field("", help="'' = transformers default (sdpa); 'eager' for Gemma2 softcapping")
-    lora_r: int = C.field(64, help="LoRA rank")
-    lora_alpha: int = C.field(128, help="LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = C.field(0.05, help="LoRA dropout")
-    target_modules: list[str] = C.field(["all-linear"], help="LoRA targets; all-linear = every linear layer")
-    lr: float = C.field(1e-5, help="peak learning rate")
     epochs: float = C.field(2.0, help="epochs over the fold's training side")
-    max_steps: int = C.field(-1, help="cap on optimizer steps (-1 = from epochs)")
-    global_batch: int = C.field(64, help="rows per optimizer step over all processes")
-    micro_batch: int = C.field(4, help="rows per forward pass per process")
-    betas: list[float] = C.field([0.9, 0.95], help="AdamW betas")
-    weight_decay: float = C.field(0.0, help="AdamW weight decay")
-    grad_clip: float = C.field(1.0, help="max grad norm")
     warmup_steps: int = C.field(100, help="linear warmup steps")
-    min_lr_ratio: float = C.field(0.0, help="cosine floor as a fraction of lr")
-    gradient_checkpointing: bool = C.field(False, help="trade compute for memory (70B: true)")
-    mixed_precision: str = C.field("auto", help="accelerate mixed precision: auto, no, bf16, fp16")
     eval_every: int = C.field(200, help="evaluate on the valid side every N optimizer steps (and at the end)")
     eval_batch: int = C.field(16, help="rows per evaluation batch")
     eval_max_tokens: int = C.field(0, help="token budget per evaluation batch (0 = rows only)")
     save_every: int = C.field(100, help="write a resume checkpoint every N optimizer steps")
-    stop_after: int = C.field(-1, help="testing aid: stop (as if killed) after N optimizer steps of this run")
     force: bool = C.field(False, help="retrain even if DONE.json exists")
 
     def __post_init__(self) -> None:

@@ -39,7 +39,7 @@ from arena_distill.dist import is_main, print0, rank, seed_everything, world_siz
 from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done, require_done, run_stage,
                               StageInputError)
 from arena_distill.models import add_lora, describe, load_causal_lm, load_tokenizer, model_folder, warn_if_cpu_quant
-from arena_distill.train_utils import StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
+from arena_distill.train_utils import LoraArgs, TrainArgs, StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
     make_accelerator, save_checkpoint, truncate_log
 
 IGNORE = -100
@@ -47,7 +47,7 @@ IGNORE = -100
 
 # ------------------------------------------------------------------------------------------------ config
 @dataclasses.dataclass
-class SFTConfig:
+class SFTConfig(LoraArgs, TrainArgs):
     base_model: str = C.field("", help="base checkpoint: a folder name under model_dir")
     model_dir: str = C.field("model_path", help="base checkpoints")
     save_dir: str = C.field("model_save", help="where adapters and merged models go")
@@ -59,30 +59,19 @@ class SFTConfig:
     cutoff_len: int = C.field(10240, help="max tokens per row (prompt + response); longer responses are cut")
     val_size: float = C.field(0.01, help="fraction of rows held out for eval loss (at least 1 row when > 0)")
     seed: int = C.field(2025, help="base seed (each rank uses seed + rank); also the split and batch order")
-    quant: str = C.field("", help="'nf4' = QLoRA 4-bit base (CUDA), '' = full-precision base")
-    dtype: str = C.field("auto", help="base weights dtype: auto (bf16 GPU / fp32 CPU), fp32, bf16, fp16")
-    attn_implementation: str = C.field("", help="'' = transformers default (sdpa); flash_attention_2 on A100")
     lora_r: int = C.field(16, help="LoRA rank (the seed: 16)")
     lora_alpha: int = C.field(32, help="LoRA alpha (the seed: 32)")
     lora_dropout: float = C.field(0.0, help="LoRA dropout (LLaMA-Factory's default 0)")
-    target_modules: list[str] = C.field(["all-linear"], help="LoRA targets (the seed: lora_target=all)")
     lr: float = C.field(5e-5, help="peak learning rate")
     epochs: float = C.field(10.0, help="epochs over the training rows")
-    max_steps: int = C.field(-1, help="cap on optimizer steps (-1 = from epochs)")
     global_batch: int = C.field(8, help="rows per optimizer step over all processes")
     micro_batch: int = C.field(1, help="rows per forward pass per process")
     betas: list[float] = C.field([0.9, 0.999], help="AdamW betas (transformers' defaults, as LLaMA-Factory)")
-    weight_decay: float = C.field(0.0, help="AdamW weight decay")
-    grad_clip: float = C.field(1.0, help="max grad norm")
     warmup_ratio: float = C.field(0.1, help="linear warmup over this fraction of the optimizer steps")
-    min_lr_ratio: float = C.field(0.0, help="cosine floor as a fraction of lr")
-    gradient_checkpointing: bool = C.field(False, help="trade compute for memory (70B: true)")
-    mixed_precision: str = C.field("auto", help="accelerate mixed precision: auto, no, bf16, fp16")
     eval_steps: int = C.field(10, help="eval loss on the validation rows every N optimizer steps (and at the end)")
     save_steps: int = C.field(20, help="write a resume checkpoint every N optimizer steps")
     cpu_threads: int = C.field(0, help="torch threads on CPU (0 = torch's default; 1 avoids oversubscribing a "
                                        "shared 2-core box)")
-    stop_after: int = C.field(-1, help="testing aid: stop (as if killed) after N optimizer steps of this run")
     force: bool = C.field(False, help="retrain even if DONE.json exists")
 
     def __post_init__(self) -> None:

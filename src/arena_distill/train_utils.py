@@ -10,6 +10,7 @@ the micro-batches already consumed, so its loss curve equals an uninterrupted ru
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -21,10 +22,42 @@ from typing import Any
 
 import torch
 
+from . import config as C
 from .dist import is_main, print0
 from .io import append_jsonl, atomic_write_json
 
 STATE_FILE = "loop_state.json"
+
+
+@dataclasses.dataclass
+class LoraArgs:
+    """Base model loading + LoRA shape, shared by every LoRA training stage (defaults: the LMSYS seed)."""
+
+    quant: str = C.field("", help="'nf4' = QLoRA 4-bit base (CUDA), '' = full-precision base")
+    dtype: str = C.field("auto", help="base weights dtype: auto (bf16 GPU / fp32 CPU), fp32, bf16, fp16")
+    attn_implementation: str = C.field("", help="'' = transformers default (sdpa); 'eager' for Gemma2 softcapping")
+    lora_r: int = C.field(64, help="LoRA rank")
+    lora_alpha: int = C.field(128, help="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = C.field(0.05, help="LoRA dropout")
+    target_modules: list[str] = C.field(["all-linear"], help="LoRA targets; all-linear = every linear layer")
+    gradient_checkpointing: bool = C.field(False, help="trade compute for memory (70B: true)")
+
+
+@dataclasses.dataclass
+class TrainArgs:
+    """Optimizer, schedule, batching and resume knobs shared by every training stage."""
+
+    lr: float = C.field(1e-5, help="peak learning rate")
+    epochs: float = C.field(1.0, help="epochs over the training rows")
+    max_steps: int = C.field(-1, help="cap on optimizer steps (-1 = from epochs)")
+    global_batch: int = C.field(64, help="rows per optimizer step over all processes")
+    micro_batch: int = C.field(4, help="rows per forward pass per process")
+    betas: list[float] = C.field([0.9, 0.95], help="AdamW betas")
+    weight_decay: float = C.field(0.0, help="AdamW weight decay")
+    grad_clip: float = C.field(1.0, help="max grad norm")
+    min_lr_ratio: float = C.field(0.0, help="cosine floor as a fraction of lr")
+    mixed_precision: str = C.field("auto", help="accelerate mixed precision: auto, no, bf16, fp16")
+    stop_after: int = C.field(-1, help="testing aid: stop (as if killed) after N optimizer steps of this run")
 
 
 def make_accelerator(grad_accum_steps: int, mixed_precision: str = "auto"):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import config as C
-from .dist import is_main, print0
+from .dist import is_main, print0, world_size
 from .io import append_jsonl, atomic_write_json
 
 STATE_FILE = "loop_state.json"
@@ -71,7 +71,13 @@ def make_accelerator(grad_accum_steps: int, mixed_precision: str = "auto"):
             mixed_precision = "no"
     # Some imported package (DeepSpeed / GPTQModel) turns on INFO logging; checkpoint chatter is not a log line.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
-    accelerator = Accelerator(gradient_accumulation_steps=grad_accum_steps, mixed_precision=mixed_precision)
+    # cpu=True on a machine without CUDA: accelerate only goes multi-process on CPU (gloo) when told so;
+    # otherwise every rank of a torchrun launch would silently train alone.
+    accelerator = Accelerator(gradient_accumulation_steps=grad_accum_steps, mixed_precision=mixed_precision,
+                              cpu=not torch.cuda.is_available())
+    if accelerator.num_processes != world_size():
+        raise RuntimeError(f"launcher started {world_size()} processes but accelerate sees "
+                           f"{accelerator.num_processes}: gradients would not be synchronised")
     _register_trainable_only_hooks(accelerator)
     return accelerator
 

@@ -31,11 +31,12 @@ import torch
 from arena_distill import config as C
 from arena_distill.batching import collate, length_grouped_batches
 from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
-from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done, require, require_done, run_stage,
+from arena_distill.io import (atomic_write_json, is_done, mark_done, require, require_done, run_stage,
                               StageInputError)
 from arena_distill.models import add_lora, describe, load_classifier, load_tokenizer, model_folder, warn_if_cpu_quant
-from arena_distill.train_utils import LoraArgs, TrainArgs, StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
-    make_accelerator, save_checkpoint, truncate_log
+from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
+                                       grad_accum_for, load_checkpoint, make_accelerator, promote_files,
+                                       save_adapter, save_checkpoint, truncate_log)
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -122,12 +123,6 @@ def main(argv: list[str] | None = None) -> dict:
     logger = StepLogger(out / "log.jsonl", total_steps)
     pad_id = tokenizer.pad_token_id
 
-    def save_adapter(dest: Path) -> None:
-        state_dict = accelerator.get_state_dict(model)
-        if is_main():
-            with atomic_dir(dest) as tmp:
-                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
-
     # -------------------------------------------------------------------------------------------- loop
     model.train()
     t0, steps_this_run, plan_epoch, batches = time.perf_counter(), 0, -1, []
@@ -169,14 +164,11 @@ def main(argv: list[str] | None = None) -> dict:
             return {"stopped": True, "step": step, "out": str(out)}
 
     # ------------------------------------------------------------------------------------ save/summary
-    save_adapter(out / "adapter")
+    save_adapter(accelerator, model, out / "adapter")
     accelerator.wait_for_everyone()
     summary = {}
     if is_main():
-        for f in (out / "adapter").iterdir():  # the adapter is the stage's result, at the top level
-            shutil.copy2(f, out / f".{f.name}.tmp")
-            (out / f".{f.name}.tmp").replace(out / f.name)
-        shutil.rmtree(out / "adapter")
+        promote_files(out / "adapter", out, remove=True)  # the adapter is the stage's result, at the top level
         summary = {"model": cfg.model, "n_train": len(train), "total_steps": total_steps,
                    "final_ce": logger_last_ce[0], "train_seconds_this_run": round(time.perf_counter() - t0, 1),
                    "base_model": str(base)}

@@ -42,14 +42,15 @@ from arena_distill import config as C
 from arena_distill.batching import collate, length_grouped_batches
 from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
 from arena_distill.losses import distill_loss
-from arena_distill.io import (atomic_dir, atomic_write_json, atomic_write_text, is_done, mark_done, require,
+from arena_distill.io import (atomic_write_json, atomic_write_text, is_done, mark_done, require,
                               require_done, run_stage, StageInputError)
 from arena_distill.metrics import classification_metrics, cv_table, prior_log_loss
 from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
     model_folder, warn_if_cpu_quant
 from arena_distill.scoring import score_classifier
-from arena_distill.train_utils import LoraArgs, TrainArgs, StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
-    make_accelerator, save_checkpoint, truncate_log
+from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
+                                       grad_accum_for, load_checkpoint, make_accelerator, promote_files,
+                                       save_adapter, save_checkpoint, truncate_log)
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -176,12 +177,6 @@ def main(argv: list[str] | None = None) -> dict:
         all_logits = np.concatenate([g[1] for g in gathered])[np.argsort(all_idx)]
         return classification_metrics(all_logits, dev_labels)
 
-    def save_adapter(dest: Path) -> None:
-        state_dict = accelerator.get_state_dict(model)
-        if is_main():
-            with atomic_dir(dest) as tmp:
-                accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
-
     # -------------------------------------------------------------------------------------------- loop
     model.train()
     t0, steps_this_run, plan_epoch, batches = time.perf_counter(), 0, -1, []
@@ -221,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
             row.update(valid_log_loss=metrics["log_loss"], valid_accuracy=metrics["accuracy"])
             if best is None or metrics["log_loss"] < best["valid_log_loss"]:
                 best = {"valid_log_loss": metrics["log_loss"], "valid_accuracy": metrics["accuracy"], "step": step}
-                save_adapter(out / "best")
+                save_adapter(accelerator, model, out / "best")
             model.train()
         logger.log(step, loss_mean, row, scheduler.get_last_lr()[0], tokens * world, epoch=epoch)
         if step % cfg.save_every == 0 or step == total_steps:
@@ -232,13 +227,11 @@ def main(argv: list[str] | None = None) -> dict:
             return {"stopped": True, "step": step, "out": str(out)}
 
     # ------------------------------------------------------------------------------------ save/summary
-    save_adapter(out / "last")
+    save_adapter(accelerator, model, out / "last")
     accelerator.wait_for_everyone()
     summary = {}
     if is_main():
-        for f in (out / "best").iterdir():  # the best adapter is the stage's result, at the top level
-            shutil.copy2(f, out / f".{f.name}.tmp")
-            (out / f".{f.name}.tmp").replace(out / f.name)
+        promote_files(out / "best", out)  # the best adapter is the stage's result, at the top level
         rows = pd.read_parquet(data_dir / "train.parquet", columns=["label"])["label"]
         summary = {"model": cfg.student, "fold": cfg.fold, "valid_log_loss": best["valid_log_loss"],
                    "valid_accuracy": best["valid_accuracy"], "best_step": best["step"], "n_valid": len(dev),

@@ -36,11 +36,12 @@ import torch
 from arena_distill import config as C
 from arena_distill.batching import collate, length_grouped_batches
 from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
-from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done, require_done, run_stage,
+from arena_distill.io import (atomic_write_json, is_done, mark_done, require_done, run_stage,
                               StageInputError)
 from arena_distill.models import add_lora, describe, load_causal_lm, load_tokenizer, model_folder, warn_if_cpu_quant
-from arena_distill.train_utils import LoraArgs, TrainArgs, StepLogger, build_optimizer, cosine_schedule, grad_accum_for, load_checkpoint, \
-    make_accelerator, save_checkpoint, truncate_log
+from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
+                                       grad_accum_for, load_checkpoint, make_accelerator, promote_files,
+                                       save_adapter, save_checkpoint, truncate_log)
 
 IGNORE = -100
 
@@ -249,14 +250,10 @@ def main(argv: list[str] | None = None) -> dict:
             return {"stopped": True, "step": step, "out": str(out)}
 
     # ------------------------------------------------------------------------------------ save/summary
-    state_dict = accelerator.get_state_dict(model)
+    save_adapter(accelerator, model, out / "adapter.tmp")  # built whole, then its files move to the top level
     summary: dict = {}
     if is_main():
-        with atomic_dir(out / "adapter.tmp") as tmp:  # built whole, then its files move to the top level
-            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
-        for f in (out / "adapter.tmp").iterdir():
-            f.replace(out / f.name)
-        shutil.rmtree(out / "adapter.tmp")
+        promote_files(out / "adapter.tmp", out, remove=True)
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
         train_losses = [r["loss"] for r in log]
         evals = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r]

@@ -24,7 +24,7 @@ import torch
 
 from . import config as C
 from .dist import is_main, print0, world_size
-from .io import append_jsonl, atomic_write_json
+from .io import append_jsonl, atomic_dir, atomic_write_json
 
 STATE_FILE = "loop_state.json"
 
@@ -152,6 +152,27 @@ def load_checkpoint(accelerator, ckpt_dir: str | os.PathLike) -> dict[str, Any] 
     kwargs = {"load_module_strict": False} if is_deepspeed(accelerator) else {"strict": False}
     accelerator.load_state(str(ckpt_dir), **kwargs)
     return json.loads((ckpt_dir / STATE_FILE).read_text())
+
+
+def save_adapter(accelerator, model, dest: str | os.PathLike) -> None:
+    """Save the trainable adapter (LoRA + saved head) of a prepared model into ``dest``, built whole then
+    renamed. Every rank must call it (ZeRO-3 gathers the weights); rank 0 writes."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        with atomic_dir(dest) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+
+
+def promote_files(src_dir: str | os.PathLike, out_dir: str | os.PathLike, remove: bool = False) -> None:
+    """Copy every file of ``src_dir`` into ``out_dir`` (each through a temp name + rename), so the chosen
+    adapter is the stage's result at the top level; ``remove`` deletes ``src_dir`` afterwards."""
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    for f in src_dir.iterdir():
+        tmp = out_dir / f".{f.name}.tmp"
+        shutil.copy2(f, tmp)
+        os.replace(tmp, out_dir / f.name)
+    if remove:
+        shutil.rmtree(src_dir)
 
 
 class StepLogger:

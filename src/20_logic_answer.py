@@ -1,6 +1,6 @@
 """Stage 20: answer every question of a Tianchi logic file with an LLM, `n` samples per question.
 
-Reads   data/tianchi_logic/round1_{train,test}_data.jsonl   (config: train_file / test_file)
+Reads   data/tianchi_logic/round1_{train_data_fix,test_data}.jsonl   (config: train_file / test_file)
         a model: model_path/<model>/ (hf, vllm_offline, auto) or a running OpenAI-compatible server
 Writes  data/logic/<run_name>/generations.jsonl   one line per attempt:
             {"id", "qid" (0-based question index), "attempt", "prompt", "output" (raw text),
@@ -50,7 +50,9 @@ from arena_distill.logic_text import (TEMPLATES, LogicDataError, generation_row,
 @dataclasses.dataclass
 class AnswerConfig(GenOptions):
     split: str = C.field("train", help="train | eval | test: which file and problem range to answer")
-    train_file: str = C.field("data/tianchi_logic/round1_train_data.jsonl", help="labelled problems (JSONL)")
+    train_file: str = C.field("data/tianchi_logic/round1_train_data_fix.jsonl",
+                              help="labelled problems (JSONL); default: the seed's corrected labels "
+                                   "(data/tianchi_logic/README.md); round1_train_data.jsonl = the original")
     test_file: str = C.field("data/tianchi_logic/round1_test_data.jsonl", help="unlabelled problems (JSONL)")
     train_problems: str = C.field("", help="problem range 'start:stop' of train_file for split=train ('' = all)")
     eval_problems: str = C.field("", help="problem range of train_file for split=eval ('' = all)")

@@ -46,7 +46,9 @@ class QuantizeConfig:
     damp_percent: float = C.field(0.1, help="Hessian dampening (GPTQConfig default, used by the seed)")
     calib_files: list[str] = C.field(["data/tianchi_logic/round1_train_data.jsonl",
                                       "data/tianchi_logic/round1_test_data.jsonl"],
-                                     help="problem files whose prompts make the calibration set")
+                                     help="problem files whose prompts make the calibration set (the seed's "
+                                          "build_quant_val_data.py read the original train file, not the corrected "
+                                          "one: calibration uses prompts only, no labels)")
     template: str = C.field("seed_v1", help="prompt template version for the calibration prompts")
     window: int = C.field(256, help="tokens per calibration sample; prompts not longer than this are skipped")
     n_samples: int = C.field(1024, help="calibration samples")

@@ -153,7 +153,7 @@ def test_answer_stage_writes_generations(stage_module, data_file, tmp_path, tiny
     assert summary["n_questions"] == 5 and len(rows) == 10
     assert [(r["id"], r["qid"], r["attempt"]) for r in rows[:4]] == [("t_000", 0, 0), ("t_000", 0, 1),
                                                                      ("t_000", 1, 0), ("t_000", 1, 1)]
-    assert all(list(r) == ["id", "qid", "attempt", "prompt", "output", "pred", "answer"] for r in rows)
+    assert all(list(r) == ["id", "qid", "attempt", "prompt", "output", "pred", "answer", "tries"] for r in rows)
     assert rows[2]["answer"] == "B" and rows[2]["prompt"] == prompt_for(*_pq(data_file, 0, 1))
     saved = C.read_saved_config(logic / "answer_train" / "config.yaml")
     assert (saved["data_file"], saved["problems"]) == (str(data_file), "")

@@ -1,0 +1,134 @@
+"""The reasoning flow's switches back to the seed's way (issue 11), each on the tiny profile: final answering
+with re-asks while no letter can be extracted (vs greedy once), the valid-letter rule of stages 20 and 21,
+the SFT / answering chat format (LLaMA-Factory `llama3` vs the model's own template), stage 24's GPTQ
+settings, and the command lines `run_reasoning.sh` builds (vLLM server binding, API key, FINAL_DECODING)."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from arena_distill import config as C
+from arena_distill.io import read_jsonl
+from arena_distill.logic_text import prompt_for, read_logic_data
+
+from conftest import REPO_ROOT
+from test_logic_flow import PROBLEMS, answers_run
+
+TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
+
+
+@pytest.fixture()
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in PROBLEMS), encoding="utf-8")
+    return path
+
+
+class CallScript:
+    """Answers prompt p with ``script[p][k]`` on its k-th call (the last entry repeats); records every call."""
+
+    name = "script"
+
+    def __init__(self, script: dict[str, list[str]]):
+        self.script = script
+        self.calls: dict[str, int] = defaultdict(int)
+        self.log: list[tuple[int, int, float]] = []   # (prompts, n, temperature) per generate call
+        self.seeds: list[int] = []
+
+    def generate(self, prompts, n=1, temperature=0.0, max_new_tokens=16, seed=0, top_p=1.0):
+        self.log.append((len(prompts), n, temperature))
+        self.seeds.append(seed)
+        out = []
+        for p in prompts:
+            samples = []
+            for _ in range(n):
+                k = self.calls[p]
+                self.calls[p] += 1
+                samples.append(self.script[p][min(k, len(self.script[p]) - 1)])
+            out.append(samples)
+        return out
+
+
+# ------------------------------------------------------------------------- final answering: re-ask until answered
+def test_answer_with_retries_reasks_only_unanswered_samples(stage_module):
+    answer = stage_module("20_logic_answer")
+    backend = CallScript({"p0": ["因此答案是：A"], "p1": ["嗯", "嗯", "因此答案是：B"], "p2": ["嗯"]})
+    texts, calls = answer.answer_with_retries(backend, ["p0", "p1", "p2"], ["AB", "AB", "AB"], n=1, tries=6,
+                                              temperature=0.7, max_new_tokens=8, seed=10, top_p=1.0)
+    assert texts == [["因此答案是：A"], ["因此答案是：B"], ["嗯"]]     # p2: never answered, its 6th text kept
+    assert calls == [[1], [3], [6]]
+    assert backend.log == [(3, 1, 0.7), (2, 1, 0.7), (2, 1, 0.7), (1, 1, 0.7), (1, 1, 0.7), (1, 1, 0.7)]
+    assert backend.seeds == [10 + r * 1_000_003 for r in range(6)]
+    # tries=1: one call, unanswered stays unanswered
+    once = CallScript({"p1": ["嗯", "因此答案是：B"]})
+    assert answer.answer_with_retries(once, ["p1"], ["AB"], n=2, tries=1, temperature=0.7, max_new_tokens=8,
+                                      seed=0, top_p=1.0) == ([["嗯", "因此答案是：B"]], [[1, 1]])
+
+
+def test_greedy_reasks_are_refused(stage_module):
+    answer = stage_module("20_logic_answer")
+    with pytest.raises(C.ConfigError, match="answer_tries > 1 needs temperature > 0"):
+        C.build_config(answer.AnswerConfig, "logic_answer", C.read_profile(TINY),
+                       {"temperature": "0", "answer_tries": "6"})
+
+
+@pytest.mark.parametrize("decoding", ["seed", "greedy"])
+def test_answer_stage_final_decoding_on_the_tiny_model(stage_module, data_file, tmp_path, tiny_models_root,
+                                                       decoding):
+    """The real tiny Llama (a random model never writes 答案是X): the seed's way calls every question 6 times at
+    T=0.7, reproducibly; greedy once."""
+    answer = stage_module("20_logic_answer")
+    over = ["temperature=0.7", "top_p=1.0", "answer_tries=6"] if decoding == "seed" else \
+        ["temperature=0", "answer_tries=1"]
+    argv = ["--config", TINY, f"logic_dir={tmp_path / 'logic'}", f"train_file={data_file}", "train_problems=",
+            f"model_dir={tiny_models_root}", "max_new_tokens=3", "cpu_threads=0", *over]
+    summary = answer.main(argv)
+    rows = read_jsonl(tmp_path / "logic" / "answer_train" / "generations.jsonl")
+    tries = 6 if decoding == "seed" else 1
+    assert [r["tries"] for r in rows] == [tries] * 5 and all(r["pred"] is None for r in rows)
+    assert (summary["n_calls"], summary["n_reasked"]) == (5 * tries, 5 if tries > 1 else 0)
+    answer.main(argv + ["force=true"])           # seeded: the same texts again
+    assert read_jsonl(tmp_path / "logic" / "answer_train" / "generations.jsonl") == rows
+
+
+# -------------------------------------------------------------------------------------------- valid letters
+def _prompts(data_file: Path) -> dict[tuple[str, int], str]:
+    return {(p.id, i): prompt_for(p, q) for p in read_logic_data(data_file).problems for i, q in enumerate(p.questions)}
+
+
+@pytest.mark.parametrize("valid,pred,tries", [("options", "B", 2), ("all", "E", 1)])
+def test_answer_stage_valid_letters(stage_module, data_file, tmp_path, monkeypatch, valid, pred, tries):
+    """t_000/1 has options A-B. "答案是：E" is no answer for `options` (so it is asked again and answers B) and
+    the answer E for `all`, the seed's extract() letters (kept, not re-asked)."""
+    answer = stage_module("20_logic_answer")
+    prompts = _prompts(data_file)
+    script = {p: ["因此答案是：A"] for p in prompts.values()}
+    script[prompts[("t_000", 1)]] = ["因此答案是：E", "因此答案是：B"]
+    monkeypatch.setattr(answer, "make_backend", lambda opts: CallScript(script))
+    answer.main(["--config", TINY, f"logic_dir={tmp_path}", f"train_file={data_file}", "train_problems=",
+                 "answer_tries=6", f"valid={valid}"])
+    row = [r for r in read_jsonl(tmp_path / "answer_train" / "generations.jsonl") if (r["id"], r["qid"]) ==
+           ("t_000", 1)][0]
+    assert (row["pred"], row["tries"]) == (pred, tries)
+
+
+@pytest.mark.parametrize("valid,first_ok", [("options", 3), ("all", 2)])
+def test_reflect_stage_valid_letters(stage_module, data_file, tmp_path, monkeypatch, valid, first_ok):
+    """t_001/0 (options A-B, gold A) ends "答案是：C": with `options` the earlier A counts (right first time),
+    with `all` the C counts (wrong, re-asked), as in the seed."""
+    reflect = stage_module("21_logic_reflect")
+    logic = tmp_path / "logic"
+    answers_run(logic, data_file, {("t_000", 0): "因此答案是：A", ("t_000", 1): "因此答案是：B",
+                                   ("t_001", 0): "答案是：A\n因此答案是：C", ("t_001", 1): "因此答案是：A"})
+    prompts = _prompts(data_file)
+    gold = {("t_001", 0): "A", ("t_001", 1): "B", ("t_001", 2): "B"}
+    backend = CallScript({prompts[k]: [f"因此答案是：{v}"] for k, v in gold.items()})
+    monkeypatch.setattr(reflect, "make_backend", lambda opts: backend)
+    report = reflect.main(["--config", TINY, f"logic_dir={logic}", "max_tries=2", "sft_source=recovered",
+                           "min_sft_rows=0", f"valid={valid}"])
+    assert report["first_pass_correct"] == first_ok
+    assert report["recovered"] == 5 - first_ok
+    assert (prompts[("t_001", 0)] in backend.calls) == (valid == "all")

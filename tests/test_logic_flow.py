@@ -235,7 +235,7 @@ def test_response_only_loss_mask(stage_module, tiny_model_dirs, name):
     cut_ids, cut_labels = sft.encode_example(tok, "题目：谁最高？", "", output * 50, cutoff_len=n_prompt + 5)
     assert len(cut_ids) == n_prompt + 5 and cut_labels[:n_prompt] == [sft.IGNORE] * n_prompt
     assert sft.encode_example(tok, "长" * 600, "", output, cutoff_len=50) is None
-    raw_ids, raw_labels = sft.encode_example(tok, "q", "extra", "因此答案是：B", 512, chat_template=False)
+    raw_ids, raw_labels = sft.encode_example(tok, "q", "extra", "因此答案是：B", 512, template="raw")
     assert raw_ids[-1] == tok.eos_token_id and raw_labels[-1] == tok.eos_token_id
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from arena_distill import config as C
-from arena_distill.io import read_jsonl
+from arena_distill.io import mark_done, read_jsonl
 from arena_distill.logic_text import prompt_for, read_logic_data
 
 from conftest import REPO_ROOT
@@ -132,3 +132,76 @@ def test_reflect_stage_valid_letters(stage_module, data_file, tmp_path, monkeypa
     assert report["first_pass_correct"] == first_ok
     assert report["recovered"] == 5 - first_ok
     assert (prompts[("t_001", 0)] in backend.calls) == (valid == "all")
+
+
+# ------------------------------------------------------------------------------- SFT / answering chat format
+def _seed_prompt() -> str:
+    data = read_logic_data(REPO_ROOT / "data" / "tianchi_logic" / "round1_train_data_fix.jsonl")
+    p = data.problems[0]
+    return prompt_for(p, p.questions[0])
+
+
+def test_llama3_factory_encoding_is_llamafactory_llama3(tiny_model_dirs):
+    from arena_distill import llama_factory
+    from arena_distill.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dirs["tiny_llama"])
+    prompt = _seed_prompt()
+    assert prompt.endswith("\n        ")                                   # the seed_v1 prompt's trailing spaces
+    p_ids, r_ids = llama_factory.encode_oneturn(tok, prompt, "推理。\n因此答案是：A")
+    assert tok.decode(p_ids) == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n" + prompt +
+                                 "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")   # kept, no system
+    assert p_ids[0] == tok.bos_token_id and p_ids.count(tok.bos_token_id) == 1
+    assert r_ids[-1] == tok.convert_tokens_to_ids("<|eot_id|>") and tok.decode(r_ids[:-1]) == "推理。\n因此答案是：A"
+    # the jinja LLaMA-Factory's export writes renders to exactly these ids (what the served model sees)
+    tok.chat_template = llama_factory.JINJA
+    msgs = [{"role": "user", "content": prompt}]
+    served = tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
+                 add_special_tokens=False)["input_ids"]
+    assert served == p_ids
+    full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": "推理。\n因此答案是：A"}], tokenize=False)
+    assert tok(full, add_special_tokens=False)["input_ids"] == p_ids + r_ids
+
+
+def test_model_template_differs_and_other_families_are_refused(stage_module, tiny_model_dirs):
+    sft = stage_module("22_logic_sft")
+    from arena_distill.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dirs["tiny_llama"])
+    prompt = _seed_prompt()
+    seed_ids, _ = sft.encode_example(tok, prompt, "", "因此答案是：A", 4096, template="llama3_factory")
+    model_ids, _ = sft.encode_example(tok, prompt, "", "因此答案是：A", 4096, template="model")
+    assert seed_ids != model_ids
+    assert "\n        <|eot_id|>" in tok.decode(seed_ids) and "\n        <|eot_id|>" not in tok.decode(model_ids)
+    with pytest.raises(ValueError, match="template=llama3_factory needs the Llama 3 special tokens"):
+        sft.encode_example(load_tokenizer(tiny_model_dirs["tiny_qwen2"]), "q", "", "a", 64, template="llama3_factory")
+
+
+@pytest.mark.parametrize("template", ["llama3_factory", "model"])
+def test_sft_template_travels_to_the_merged_model(stage_module, tiny_models_root, tmp_path, template):
+    """Stage 22 trains in `template`; stage 23 writes it into the merged tokenizer (llama3_factory) or keeps the
+    base's; the answering backend on the merged model then builds exactly the training prompt."""
+    from arena_distill import llama_factory
+    from arena_distill.gen_backends import HFBackend
+    from arena_distill.models import load_tokenizer
+
+    sft, merge = stage_module("22_logic_sft"), stage_module("23_logic_merge")
+    logic = tmp_path / "logic"
+    (logic / "reflect").mkdir(parents=True)
+    prompt = _seed_prompt()
+    (logic / "reflect" / "sft.json").write_text(json.dumps(
+        [{"instruction": prompt, "input": "", "output": f"因此答案是：{x}"} for x in "ABAB"], ensure_ascii=False))
+    mark_done(logic / "reflect")
+    save = tmp_path / "save"
+    sft.main(["--config", TINY, f"logic_dir={logic}", f"model_dir={tiny_models_root}", f"save_dir={save}",
+              "base_model=tiny_llama", "max_steps=1", "global_batch=2", "micro_batch=2", "val_size=0",
+              "cpu_threads=0", f"template={template}"])
+    assert C.read_saved_config(save / "logic_sft" / "config.yaml")["config"]["template"] == template
+    merge.main(["--config", TINY, f"save_dir={save}"])
+    merged_tok = load_tokenizer(save / "logic_merged")
+    base_tok = load_tokenizer(tiny_models_root / "tiny_llama")
+    train_ids, labels = sft.encode_example(base_tok, prompt, "", "因此答案是：A", 4096, template=template)
+    n_prompt = next(i for i, lab in enumerate(labels) if lab != sft.IGNORE)
+    backend = HFBackend(save / "logic_merged", chat_template=True)
+    assert backend.encode(prompt) == train_ids[:n_prompt]
+    assert (merged_tok.chat_template == llama_factory.JINJA) == (template == "llama3_factory")

@@ -205,3 +205,45 @@ def test_sft_template_travels_to_the_merged_model(stage_module, tiny_models_root
     backend = HFBackend(save / "logic_merged", chat_template=True)
     assert backend.encode(prompt) == train_ids[:n_prompt]
     assert (merged_tok.chat_template == llama_factory.JINJA) == (template == "llama3_factory")
+
+
+# ------------------------------------------------------------------------------------------ GPTQ settings
+def _qweights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update({k: v for k, v in load_file(f).items() if k.endswith(("qweight", "g_idx", "scales"))})
+    return out
+
+
+@pytest.mark.parametrize("profile", ["tiny.yaml", "a100x8.yaml"])
+def test_gptq_profile_settings_are_the_seeds(stage_module, profile):
+    path = REPO_ROOT / "configs" / profile
+    cfg = C.build_config(stage_module("24_logic_quantize").QuantizeConfig, "logic_quantize", C.read_profile(path), {})
+    assert (cfg.damp_percent, cfg.desc_act, cfg.sym, cfg.act_group_aware, cfg.true_sequential,
+            cfg.static_groups) == (0.1, False, True, False, True, False)
+    assert cfg.group_size == (128 if profile == "a100x8.yaml" else 32)
+
+
+@pytest.mark.slow
+def test_gptq_settings_are_the_seeds_and_act_group_aware_changes_the_weights(stage_module, tiny_models_root,
+                                                                            tmp_path):
+    """Stage 24 passes the seed's auto-gptq settings to GPTQModel: GPTQModel's own default (group-aware
+    reordering on) gives different 4-bit weights from the seed's natural column order. ~20 s (two GPTQ runs)."""
+    import shutil
+
+    quantize = stage_module("24_logic_quantize")
+    save = tmp_path / "save"
+    shutil.copytree(tiny_models_root / "tiny_llama", save / "logic_merged")
+    mark_done(save / "logic_merged")
+    argv = ["--config", TINY, f"save_dir={save}", "bits=[4]", "group_size=16", "window=16", "n_samples=8"]
+    seed = quantize.main(argv)[4]
+    assert {k: seed[k] for k in ("group_size", "damp_percent", "desc_act", "sym", "act_group_aware",
+                                 "true_sequential", "static_groups")} == \
+        {"group_size": 16, "damp_percent": 0.1, "desc_act": False, "sym": True, "act_group_aware": False,
+         "true_sequential": True, "static_groups": False}
+    quantize.main(argv + ["act_group_aware=true", "out_prefix=gar"])
+    a, b = _qweights(save / "logic_gptq_4bit"), _qweights(save / "gar_4bit")
+    assert a.keys() == b.keys() and a
+    assert any(not (a[k] == b[k]).all() for k in a)

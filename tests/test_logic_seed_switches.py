@@ -396,7 +396,9 @@ def test_runbook_server_with_key_on_vllm_cpu(tiny_model_dirs, tmp_path, monkeypa
         port = s.getsockname()[1]
     swap = {"--served-model-name": "tiny", "--tensor-parallel-size": "1", "--max-model-len": "1024",
             "--dtype": "float32", "--gpu-memory-utilization": "0.3", "--max-num-seqs": "8", "--port": str(port)}
-    cmd = [str(Path(python).parent / "vllm"), "serve", str(model_dir)]
+    # vllm-cpu's `vllm` CLI looks up a `vllm` distribution it does not have; its api_server module takes the
+    # same arguments (both build them with make_arg_parser), with the model as --model
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
     rest = serve[3:]
     i = 0
     while i < len(rest):

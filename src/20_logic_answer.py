@@ -1,10 +1,11 @@
 """Stage 20: answer every question of a Tianchi logic file with an LLM, `n` samples per question.
 
-Reads   data/tianchi_logic/round1_{train,test}_data.jsonl   (config: train_file / test_file)
+Reads   data/tianchi_logic/round1_{train_data_fix,test_data}.jsonl   (config: train_file / test_file)
         a model: model_path/<model>/ (hf, vllm_offline, auto) or a running OpenAI-compatible server
 Writes  data/logic/<run_name>/generations.jsonl   one line per attempt:
             {"id", "qid" (0-based question index), "attempt", "prompt", "output" (raw text),
-             "pred" (letter extracted from output, or null), "answer" (gold letter or null)}
+             "pred" (letter extracted from output, or null), "answer" (gold letter or null),
+             "tries" (calls it took: > 1 when re-asked for lack of an answer, see answer_tries)}
         data/logic/<run_name>/{summary.json, config.yaml, DONE.json}, parts/ (resume chunks)
 
 `split` picks the questions: train = train_file[train_problems], eval = train_file[eval_problems] (the
@@ -26,6 +27,13 @@ Launch (repo root):
     python src/20_logic_answer.py --config configs/a100x8.yaml backend=vllm_offline \\
         model=llama31_70b_instruct tensor_parallel_size=8
 
+Answering like the seed's final run (its api_retry in `--mode infer`): sample at vLLM's chat defaults
+(temperature 0.7, top_p 1.0) and, while no answer letter can be extracted, ask again, at most `answer_tries`
+calls in all (the seed: 6); the last text is kept either way. `answer_tries=1` asks once (the seed's train
+first pass, `--mode gen_dpo`); `temperature=0 answer_tries=1` is greedy. The runbook picks the final-answer
+setting with FINAL_DECODING=seed|greedy (docs/reasoning.md). Re-asks are seeded like the first call, so a
+re-run on the same engine gives the same texts.
+
 Resume: questions are answered in chunks of `chunk_size` prompts, each chunk saved atomically under
 parts/; re-running the same command skips finished chunks (granularity: one chunk). A finished run
 (DONE.json) is skipped unless force=true.
@@ -42,15 +50,17 @@ from arena_distill.dist import print0, seed_everything
 from arena_distill.gen_backends import GenOptions, make_backend
 from arena_distill.io import (atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl, run_stage,
                               StageInputError)
-from arena_distill.logic_text import (TEMPLATES, LogicDataError, generation_row, iter_questions, prompt_for,
-                                      read_logic_data, select_problems)
+from arena_distill.logic_text import (LETTERS, TEMPLATES, LogicDataError, extract_answer, generation_row,
+                                      iter_questions, prompt_for, read_logic_data, select_problems)
 
 
 # ------------------------------------------------------------------------------------------------ config
 @dataclasses.dataclass
 class AnswerConfig(GenOptions):
     split: str = C.field("train", help="train | eval | test: which file and problem range to answer")
-    train_file: str = C.field("data/tianchi_logic/round1_train_data.jsonl", help="labelled problems (JSONL)")
+    train_file: str = C.field("data/tianchi_logic/round1_train_data_fix.jsonl",
+                              help="labelled problems (JSONL); default: the seed's corrected labels "
+                                   "(data/tianchi_logic/README.md); round1_train_data.jsonl = the original")
     test_file: str = C.field("data/tianchi_logic/round1_test_data.jsonl", help="unlabelled problems (JSONL)")
     train_problems: str = C.field("", help="problem range 'start:stop' of train_file for split=train ('' = all)")
     eval_problems: str = C.field("", help="problem range of train_file for split=eval ('' = all)")
@@ -58,6 +68,10 @@ class AnswerConfig(GenOptions):
     on_bad_line: str = C.field("raise", help="raise = stop at a malformed data line (naming it); skip = drop it, "
                                              "counted in summary.json")
     template: str = C.field("seed_v1", help=f"prompt template version (known: {', '.join(TEMPLATES)})")
+    valid: str = C.field("options", help="letters an answer may take: options = the question's own; all = A-G, as "
+                                         "the seed's extract() (decides `pred` and the answer_tries re-asks)")
+    answer_tries: int = C.field(1, help="calls per sample while no answer letter can be extracted (the seed's "
+                                        "final answering: 6; 1 = ask once)")
     n: int = C.field(1, help="samples per question (attempts 0..n-1)")
     temperature: float = C.field(0.7, help="sampling temperature (0 = greedy)")
     max_new_tokens: int = C.field(2048, help="completion length cap")
@@ -74,8 +88,12 @@ class AnswerConfig(GenOptions):
             raise C.ConfigError(f"on_bad_line must be raise or skip, got {self.on_bad_line!r}")
         if self.template not in TEMPLATES:
             raise C.ConfigError(f"unknown template {self.template!r} (known: {', '.join(TEMPLATES)})")
-        if self.n < 1 or self.chunk_size < 1:
-            raise C.ConfigError("n and chunk_size must be >= 1")
+        if self.n < 1 or self.chunk_size < 1 or self.answer_tries < 1:
+            raise C.ConfigError("n, chunk_size and answer_tries must be >= 1")
+        if self.answer_tries > 1 and self.temperature <= 0:
+            raise C.ConfigError("answer_tries > 1 needs temperature > 0: a greedy re-ask repeats the same text")
+        if self.valid not in ("options", "all"):
+            raise C.ConfigError(f"valid must be options or all, got {self.valid!r}")
         if self.backend != "vllm_server" and not self.model:
             raise C.ConfigError(f"model= is required for backend={self.backend}")
 
@@ -84,6 +102,31 @@ def data_for_split(cfg: AnswerConfig):
     """(file, problem range) of the split; later stages read both back from this run's config.yaml."""
     return {"train": (cfg.train_file, cfg.train_problems), "eval": (cfg.train_file, cfg.eval_problems),
             "test": (cfg.test_file, cfg.test_problems)}[cfg.split]
+
+
+def answer_with_retries(backend, prompts: list[str], letters: list[str], *, n: int, tries: int, temperature: float,
+                        max_new_tokens: int, seed: int, top_p: float) -> tuple[list[list[str]], list[list[int]]]:
+    """``n`` samples per prompt; a sample with no extractable letter (of ``letters[i]``) is asked again, all such
+    samples in one batched call per round, until it has one or ``tries`` calls were made. Returns
+    ``(texts, calls)``: the last text of every sample and the number of calls it took."""
+    texts = backend.generate(prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                             top_p=top_p)
+    for i, samples in enumerate(texts):
+        if len(samples) != n:
+            raise RuntimeError(f"backend returned {len(samples)} samples for prompt {i}, expected {n}")
+    calls = [[1] * n for _ in prompts]
+    for r in range(1, tries):
+        pending = [(i, j) for i in range(len(prompts)) for j in range(n)
+                   if extract_answer(texts[i][j], letters[i]) is None]
+        if not pending:
+            break
+        # round r has its own seed stream (the same offsets as stage 21's tries), so re-asks are reproducible
+        again = backend.generate([prompts[i] for i, _ in pending], n=1, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, seed=seed + r * 1_000_003, top_p=top_p)
+        for (i, j), out in zip(pending, again):
+            texts[i][j] = out[0]
+            calls[i][j] += 1
+    return texts, calls
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,13 +172,15 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
         if backend is None:
             backend = make_backend(cfg)
-        texts = backend.generate(prompts[start:start + cfg.chunk_size], n=cfg.n, temperature=cfg.temperature,
-                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + start, top_p=cfg.top_p)
+        letters = [LETTERS if cfg.valid == "all" else q.letters for _, _, q in chunk]
+        texts, calls = answer_with_retries(backend, prompts[start:start + cfg.chunk_size], letters, n=cfg.n,
+                                           tries=cfg.answer_tries, temperature=cfg.temperature,
+                                           max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + start, top_p=cfg.top_p)
         chunk_rows = []
-        for (p, qid, _), prompt, samples in zip(chunk, prompts[start:start + cfg.chunk_size], texts):
-            if len(samples) != cfg.n:
-                raise RuntimeError(f"backend returned {len(samples)} samples for {p.id}/{qid}, expected {cfg.n}")
-            chunk_rows.extend(generation_row(p, qid, a, prompt, text) for a, text in enumerate(samples))
+        for (p, qid, _), prompt, samples, ncalls, valid in zip(chunk, prompts[start:start + cfg.chunk_size], texts,
+                                                               calls, letters):
+            chunk_rows.extend({**generation_row(p, qid, a, prompt, text, valid), "tries": c}
+                              for a, (text, c) in enumerate(zip(samples, ncalls)))
         atomic_write_jsonl(part, chunk_rows)
         rows.extend(chunk_rows)
         print0(f"[logic_answer] chunk {k}: {len(chunk)} questions in {time.perf_counter() - t0:.1f}s")
@@ -149,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
                "n_answered_attempt0": sum(r["pred"] is not None for r in first),
                "n_correct_attempt0": sum(r["pred"] is not None and r["pred"] == r["answer"] for r in first)
                if labelled else None,
+               "n_reasked": sum(r.get("tries", 1) > 1 for r in rows),
+               "n_calls": sum(r.get("tries", 1) for r in rows),
                "data_report": data.report(), "backend": getattr(backend, "name", "reused"),
                "seconds": round(time.perf_counter() - t0, 1)}
     if labelled:

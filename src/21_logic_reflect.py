@@ -42,8 +42,8 @@ from arena_distill.dist import print0, seed_everything
 from arena_distill.gen_backends import Backend, GenOptions, make_backend
 from arena_distill.io import (atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl, require_done,
                               run_stage, StageInputError)
-from arena_distill.logic_text import (LogicDataError, extract_answer, iter_questions, read_generations, read_logic_data,
-                                      select_problems)
+from arena_distill.logic_text import (LETTERS, LogicDataError, extract_answer, iter_questions, read_generations,
+                                      read_logic_data, select_problems)
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -57,6 +57,8 @@ class ReflectConfig:
     max_new_tokens: int = C.field(0, help="completion cap of the re-asks; 0 = the answers run's value")
     backend_overrides: dict = C.field({}, help="keys of the answers run's backend settings to change, e.g. "
                                                "'{concurrency: 16}'")
+    valid: str = C.field("options", help="letters an answer may take when scoring the first pass and the re-asks: "
+                                         "options = the question's own; all = A-G, as the seed's extract()")
     sft_source: str = C.field("recovered", help="recovered (the seed: only traces recovered by reflection) | "
                                                 "all_correct (first-pass correct + recovered)")
     min_sft_rows: int = C.field(0, help="CPU-profile aid: pad the SFT data with labelled gold-template rows up to "
@@ -69,6 +71,8 @@ class ReflectConfig:
             raise C.ConfigError("max_tries must be >= 0")
         if self.max_tries and self.temperature <= 0:
             raise C.ConfigError("temperature must be > 0: greedy re-asks repeat the same wrong answer")
+        if self.valid not in ("options", "all"):
+            raise C.ConfigError(f"valid must be options or all, got {self.valid!r}")
         if self.sft_source not in ("recovered", "all_correct"):
             raise C.ConfigError(f"sft_source must be recovered or all_correct, got {self.sft_source!r}")
 
@@ -131,8 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
     first_ok, wrong = [], []
     for p, qid, q in iter_questions(data.problems):
         row = first.get((p.id, qid))
-        pred = extract_answer(row["output"], q.letters) if row else None
-        item = {"id": p.id, "qid": qid, "answer": q.answer, "letters": q.letters,
+        letters = LETTERS if cfg.valid == "all" else q.letters
+        pred = extract_answer(row["output"], letters) if row else None
+        item = {"id": p.id, "qid": qid, "answer": q.answer, "letters": letters,
                 "prompt": row["prompt"] if row else None, "output": row["output"] if row else None}
         (first_ok if pred == q.answer else wrong).append(item)
     missing = [it for it in wrong if it["prompt"] is None]

@@ -6,8 +6,10 @@ Writes  model_save/logic_sft/  adapter_model.safetensors + adapter_config.json (
         row per optimizer step; eval rows carry "eval_loss"), metrics.json, config.yaml (base_model = the
         base folder, read back by stage 23), checkpoint/ (resume state), DONE.json
 
-Recipe (the seed's LLaMA-Factory settings, now in configs/*.yaml [logic_sft]): the tokenizer's chat
-template (user = instruction [+ "\\n" + input], assistant = output), loss on the response tokens only
+Recipe (the seed's LLaMA-Factory settings, now in configs/*.yaml [logic_sft]): LLaMA-Factory's `llama3`
+template (`template=llama3_factory`: no system turn, texts kept as they are; `template=model` = the tokenizer's
+own chat template; user = instruction [+ "\\n" + input], assistant = output; stage 23 writes the template
+into the merged model's tokenizer, so evaluation answers in it), loss on the response tokens only
 (labels -100 on the prompt), LoRA r16 / alpha32 on all linear layers, lr 5e-5, cosine with warmup ratio 0.1,
 10 epochs, cutoff 10,240 tokens, 4-bit nf4 base (QLoRA) on GPU, 1% validation split with eval loss every
 `eval_steps` optimizer steps. Length-grouped micro-batches, gradient accumulation to `global_batch`.
@@ -34,6 +36,7 @@ import numpy as np
 import torch
 
 from arena_distill import config as C
+from arena_distill import llama_factory
 from arena_distill.batching import collate, length_grouped_batches
 from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
 from arena_distill.io import (atomic_write_json, is_done, mark_done, require_done, run_stage,
@@ -55,8 +58,9 @@ class SFTConfig(LoraArgs, TrainArgs):
     logic_dir: str = C.field("data/logic", help="generation runs (stage 20/21 outputs)")
     reflect_name: str = C.field("reflect", help="stage-21 folder under logic_dir holding sft.json")
     out_name: str = C.field("logic_sft", help="adapter folder under save_dir")
-    chat_template: bool = C.field(True, help="format rows with the tokenizer's chat template (false = raw "
-                                             "prompt + output + eos)")
+    template: str = C.field("llama3_factory", help="llama3_factory = LLaMA-Factory's llama3 template, as the seed "
+                                                   "(arena_distill/llama_factory.py); model = the tokenizer's own "
+                                                   "chat template; raw = prompt + output + eos")
     cutoff_len: int = C.field(10240, help="max tokens per row (prompt + response); longer responses are cut")
     val_size: float = C.field(0.01, help="fraction of rows held out for eval loss (at least 1 row when > 0)")
     seed: int = C.field(2025, help="base seed (each rank uses seed + rank); also the split and batch order")
@@ -80,24 +84,28 @@ class SFTConfig(LoraArgs, TrainArgs):
             raise C.ConfigError("base_model= is required (a folder name under model_dir)")
         if self.quant not in ("", "nf4"):
             raise C.ConfigError(f"quant must be '' or nf4, got {self.quant!r}")
+        if self.template not in ("llama3_factory", "model", "raw"):
+            raise C.ConfigError(f"template must be llama3_factory, model or raw, got {self.template!r}")
         if not 0 <= self.val_size < 0.5:
             raise C.ConfigError("val_size must be in [0, 0.5)")
 
 
 # ------------------------------------------------------------------------------------------------- data
 def encode_example(tok, instruction: str, inp: str, output: str, cutoff_len: int,
-                   chat_template: bool = True) -> tuple[list[int], list[int]] | None:
+                   template: str = "model") -> tuple[list[int], list[int]] | None:
     """``(input_ids, labels)`` with labels = -100 on every prompt token; None when the prompt alone does not
     fit ``cutoff_len`` (the row is dropped; an over-long response is cut at the end instead)."""
     user = instruction if not inp else f"{instruction}\n{inp}"
-    if chat_template:
+    if template == "llama3_factory":
+        prompt_ids, response_ids = llama_factory.encode_oneturn(tok, user, output)
+    elif template == "model":
         prompt_text = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                               add_generation_prompt=True)
         full_text = tok.apply_chat_template([{"role": "user", "content": user},
                                              {"role": "assistant", "content": output}], tokenize=False)
         if not full_text.startswith(prompt_text):
             raise ValueError("the chat template renders the prompt differently with and without the assistant "
-                             "turn; response-only masking needs it to be a prefix (use chat_template=false)")
+                             "turn; response-only masking needs it to be a prefix (use template=llama3_factory or raw)")
         prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
         response_ids = tok(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
     else:
@@ -134,10 +142,15 @@ def main(argv: list[str] | None = None) -> dict:
     # -------------------------------------------------------------------------------------------- data
     rows = json.loads((reflect / "sft.json").read_text(encoding="utf-8"))
     tokenizer = load_tokenizer(base)
+    if cfg.template == "llama3_factory":
+        try:
+            llama_factory.check_tokenizer(tokenizer)
+        except ValueError as exc:
+            raise StageInputError(f"{base}: {exc}") from None
     encoded, dropped = [], 0
     for r in rows:
         ex = encode_example(tokenizer, r["instruction"], r.get("input", ""), r["output"], cfg.cutoff_len,
-                            cfg.chat_template)
+                            cfg.template)
         if ex is None:
             dropped += 1
         else:

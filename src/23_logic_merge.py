@@ -4,6 +4,10 @@ Reads   model_save/logic_sft/   adapter + config.yaml (its base_model names the 
 Writes  model_save/logic_merged/   config.json, model safetensors, tokenizer, merge_report.json, config.yaml,
         DONE.json (the folder is built under a temporary name and renamed when complete)
 
+Chat template: an adapter trained with template=llama3_factory (stage 22's default, the seed's) gets
+LLaMA-Factory's llama3 template written into the merged tokenizer, as LLaMA-Factory's export does; the
+quantized models of stage 24 inherit it, so evaluation answers in the format the model was trained in.
+
 A quantized base is refused (merging into 4-bit weights is lossy; merge into the fp base, then quantize the
 merged model in stage 24), as LLaMA-Factory refuses it. The merge is checked: the merged model's logits on a
 probe prompt must equal the base + adapter logits within `atol` (skipped when verify=false, e.g. for a 70B
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 
 from arena_distill import config as C
+from arena_distill import llama_factory
 from arena_distill.dist import print0
 from arena_distill.io import atomic_dir, atomic_write_json, is_done, mark_done, require_done, run_stage
 from arena_distill.models import check_not_quantized, load_causal_lm, load_peft, load_tokenizer
@@ -52,7 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # -------------------------------------------------------------------------------------------- base
     require_done(adapter, "python src/22_logic_sft.py", what="logic SFT adapter")
-    base = Path(C.read_saved_config(adapter / "config.yaml")["base_model"])
+    saved = C.read_saved_config(adapter / "config.yaml")
+    base = Path(saved["base_model"])
+    template = saved.get("config", {}).get("template", "model")
     check_not_quantized(base)
     dtype = torch.float32 if cfg.dtype == "auto" and cfg.device == "cpu" else cfg.dtype
     print0(f"[logic_merge] base {base} + adapter {adapter} -> {out} (dtype {dtype}, device {cfg.device})")
@@ -67,7 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             ref = model(input_ids=probe).logits.float()
     merged = model.merge_and_unload()
-    report = {"base_model": str(base), "adapter": str(adapter), "dtype": str(merged.dtype)}
+    report = {"base_model": str(base), "adapter": str(adapter), "dtype": str(merged.dtype),
+              "chat_template": "llama3_factory (LLaMA-Factory llama3)" if template == llama_factory.NAME else
+              "the base model's"}
     if ref is not None:
         with torch.no_grad():
             diff = (merged(input_ids=probe).logits.float() - ref).abs().max().item()
@@ -80,6 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, max_shard_size=cfg.max_shard_size)
         tokenizer.padding_side = "left"  # generation-ready
+        if template == llama_factory.NAME:
+            # as LLaMA-Factory's export: the training template becomes the model's chat template, so every chat
+            # API (transformers, vLLM offline, vllm serve) answers in the format the adapter was trained in
+            tokenizer.chat_template = llama_factory.JINJA
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "merge_report.json", report)
         C.save_config(cfg, tmp, base_model=str(base), adapter=str(adapter))

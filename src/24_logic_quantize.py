@@ -42,11 +42,25 @@ class QuantizeConfig:
     out_prefix: str = C.field("logic_gptq", help="outputs: <save_dir>/<out_prefix>_<bits>bit")
     bits: list[int] = C.field([4, 3], help="GPTQ widths to produce (vLLM serves 4 and 8 only)")
     group_size: int = C.field(128, help="GPTQ group size (LLaMA-Factory / GPTQConfig default 128)")
-    desc_act: bool = C.field(False, help="activation-order quantization")
-    damp_percent: float = C.field(0.1, help="Hessian dampening (GPTQConfig default, used by the seed)")
+    # The seed's settings: LLaMA-Factory's export built transformers' GPTQConfig(bits, dataset) (group 128, damp
+    # 0.1, desc_act/static_groups off, sym, true_sequential), run by optimum with auto-gptq 0.7.1's GPTQ class.
+    # GPTQModel 7.6 differs in two defaults that change the weights: damp_percent 0.05 and act_group_aware=True
+    # (group-aware column reordering, gptqmodel/quantization/gptq.py; auto-gptq had none). See docs/reasoning.md.
+    desc_act: bool = C.field(False, help="activation-order quantization (the seed: off)")
+    damp_percent: float = C.field(0.1, help="Hessian dampening (the seed's GPTQConfig: 0.1; GPTQModel's default "
+                                            "0.05, auto-gptq BaseQuantizeConfig's 0.01)")
+    act_group_aware: bool = C.field(False, help="GPTQModel's group-aware reordering (its default: on); false = "
+                                                "natural column order, as auto-gptq 0.7.1 (the seed)")
+    sym: bool = C.field(True, help="symmetric quantization (the seed and both libraries: true)")
+    true_sequential: bool = C.field(True, help="quantize a block's sub-layers in order, each on the outputs of "
+                                               "the already quantized ones (the seed and both libraries: true)")
+    static_groups: bool = C.field(False, help="group scales fixed before the column loop (only with desc_act; "
+                                              "the seed and both libraries: false)")
     calib_files: list[str] = C.field(["data/tianchi_logic/round1_train_data.jsonl",
                                       "data/tianchi_logic/round1_test_data.jsonl"],
-                                     help="problem files whose prompts make the calibration set")
+                                     help="problem files whose prompts make the calibration set (the seed's "
+                                          "build_quant_val_data.py read the original train file, not the corrected "
+                                          "one: calibration uses prompts only, no labels)")
     template: str = C.field("seed_v1", help="prompt template version for the calibration prompts")
     window: int = C.field(256, help="tokens per calibration sample; prompts not longer than this are skipped")
     n_samples: int = C.field(1024, help="calibration samples")
@@ -104,7 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
         out = outs[bits]
         report = quantize_causal_lm(merged, out, windows, bits=bits, group_size=cfg.group_size,
                                     tokenizer=tokenizer, max_length=cfg.window, desc_act=cfg.desc_act,
-                                    damp_percent=cfg.damp_percent, batch_size=cfg.batch_size)
+                                    sym=cfg.sym, damp_percent=cfg.damp_percent, batch_size=cfg.batch_size,
+                                    qcfg_extra={"act_group_aware": cfg.act_group_aware,
+                                                "true_sequential": cfg.true_sequential,
+                                                "static_groups": cfg.static_groups})
         report.update(n_prompts=len(prompts), n_prompts_longer_than_window=n_long, window=cfg.window,
                       merged=str(merged), vllm_servable=bits in (4, 8))
         atomic_write_json(out / "quant_report.json", report)

@@ -153,7 +153,7 @@ def test_answer_stage_writes_generations(stage_module, data_file, tmp_path, tiny
     assert summary["n_questions"] == 5 and len(rows) == 10
     assert [(r["id"], r["qid"], r["attempt"]) for r in rows[:4]] == [("t_000", 0, 0), ("t_000", 0, 1),
                                                                      ("t_000", 1, 0), ("t_000", 1, 1)]
-    assert all(list(r) == ["id", "qid", "attempt", "prompt", "output", "pred", "answer"] for r in rows)
+    assert all(list(r) == ["id", "qid", "attempt", "prompt", "output", "pred", "answer", "tries"] for r in rows)
     assert rows[2]["answer"] == "B" and rows[2]["prompt"] == prompt_for(*_pq(data_file, 0, 1))
     saved = C.read_saved_config(logic / "answer_train" / "config.yaml")
     assert (saved["data_file"], saved["problems"]) == (str(data_file), "")
@@ -235,7 +235,7 @@ def test_response_only_loss_mask(stage_module, tiny_model_dirs, name):
     cut_ids, cut_labels = sft.encode_example(tok, "题目：谁最高？", "", output * 50, cutoff_len=n_prompt + 5)
     assert len(cut_ids) == n_prompt + 5 and cut_labels[:n_prompt] == [sft.IGNORE] * n_prompt
     assert sft.encode_example(tok, "长" * 600, "", output, cutoff_len=50) is None
-    raw_ids, raw_labels = sft.encode_example(tok, "q", "extra", "因此答案是：B", 512, chat_template=False)
+    raw_ids, raw_labels = sft.encode_example(tok, "q", "extra", "因此答案是：B", 512, template="raw")
     assert raw_ids[-1] == tok.eos_token_id and raw_labels[-1] == tok.eos_token_id
 
 

@@ -109,6 +109,28 @@ def test_real_files_read():
     assert all(q.answer is None for p in test.problems for q in p.questions)
 
 
+SHIPPED_SHA256 = {  # data/tianchi_logic/README.md
+    "round1_train_data.jsonl": "f2b51a9594a1f628418584dbcdb9ea137b68a47324d4040232ac38683c1142fd",
+    "round1_train_data_fix.jsonl": "b9dbbd1eb9943c47212b8d660d7c922e8ad86353697f01557b9a5bee216170e0",
+    "round1_test_data.jsonl": "ee769fbd4f2184fd7ecfd7536e1c8e71869e0343a3304f62adee9268d713b0a5",
+}
+
+
+def test_shipped_files_sha256(repo_root):
+    import hashlib
+
+    folder = repo_root / "data" / "tianchi_logic"
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    for name, digest in SHIPPED_SHA256.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+        assert f"`{name}`" in readme and digest in readme
+
+
+def test_corrected_train_file_read(repo_root):
+    fix = read_logic_data(repo_root / "data" / "tianchi_logic" / "round1_train_data_fix.jsonl", require_answers=True)
+    assert (len(fix.problems), fix.n_questions, fix.labelled) == (498, 1415, True)
+
+
 @pytest.mark.parametrize("bad,message", [
     ("{not json", "line 2: not valid JSON"),
     (json.dumps({"problem": "P", "questions": [], "id": "x"}), "line 2 .*'questions' is empty"),

@@ -69,7 +69,9 @@ class GenOptions:
     # vLLM server
     server_url: str = field("http://localhost:8000/v1", help="vllm_server: OpenAI-compatible base URL")
     served_model_name: str = field("", help="vllm_server: model name on the server; empty = the first one listed")
-    api_key: str = field("EMPTY", help="vllm_server: API key (vLLM ignores it unless started with --api-key)")
+    api_key: str = field("", help="vllm_server: API key; empty = $VLLM_API_KEY when set (what run_reasoning.sh's "
+                                  "server requires then), else 'EMPTY' (vLLM ignores it unless started with a key). "
+                                  "Prefer the environment: a key given here is saved in the run's config.yaml")
     concurrency: int = field(8, help="vllm_server: requests in flight (the seed used 8 threads)")
     max_retries: int = field(6, help="vllm_server: retries per request on transport errors / 5xx")
     retry_backoff_s: float = field(2.0, help="vllm_server: first retry delay; doubles each retry (+ jitter), max 60 s")
@@ -106,6 +108,12 @@ def vllm_available() -> bool:
     return True
 
 
+def server_api_key(configured: str = "") -> str:
+    """The key the server client sends: the configured one, else ``$VLLM_API_KEY`` (the variable ``vllm serve``
+    itself reads), else the OpenAI client's placeholder ``EMPTY``."""
+    return configured or os.environ.get("VLLM_API_KEY") or "EMPTY"
+
+
 def make_backend(opts: GenOptions) -> Backend:
     name = opts.backend
     if name == "auto":
@@ -129,7 +137,7 @@ def make_backend(opts: GenOptions) -> Backend:
                                   max_model_len=opts.max_model_len, max_num_seqs=opts.max_num_seqs, dtype=opts.dtype)
     if name == "vllm_server":
         return VLLMServerBackend(opts.server_url, model=opts.served_model_name, chat=opts.chat_template,
-                                 api_key=opts.api_key, concurrency=opts.concurrency, max_retries=opts.max_retries,
+                                 api_key=server_api_key(opts.api_key), concurrency=opts.concurrency, max_retries=opts.max_retries,
                                  backoff_s=opts.retry_backoff_s, timeout_s=opts.request_timeout_s)
     raise ValueError(f"unknown backend {name!r} (expected hf, vllm_offline, vllm_server or auto)")
 

@@ -240,10 +240,11 @@ def prompt_for(p: Problem, q: Question, template: str = DEFAULT_TEMPLATE) -> str
 GEN_KEYS = ("id", "qid", "attempt", "prompt", "output", "pred", "answer")
 
 
-def generation_row(p: Problem, qid: int, attempt: int, prompt: str, output: str) -> dict:
+def generation_row(p: Problem, qid: int, attempt: int, prompt: str, output: str, valid: str | None = None) -> dict:
+    """One generations line; ``pred`` is extracted with ``valid`` letters (default: the question's options)."""
     q = p.questions[qid]
     return {"id": p.id, "qid": qid, "attempt": attempt, "prompt": prompt, "output": output,
-            "pred": extract_answer(output, q.letters), "answer": q.answer}
+            "pred": extract_answer(output, q.letters if valid is None else valid), "answer": q.answer}
 
 
 def read_generations(path: str | os.PathLike) -> list[dict]:

@@ -145,11 +145,13 @@ def quantize_causal_lm(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
                        calibration_texts: Sequence[str] | Sequence[Sequence[int]], bits: int = 4,
                        group_size: int = 128, *, tokenizer=None, max_length: int | None = 2048,
                        desc_act: bool = False, sym: bool = True, damp_percent: float = 0.05,
-                       batch_size: int = 1, device: str | None = None) -> dict[str, Any]:
+                       batch_size: int = 1, device: str | None = None,
+                       qcfg_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """GPTQ-quantize a causal-LM folder with ``GPTQModel.load(...).quantize(...).save(...)``.
 
     ``calibration_texts`` (strings or token id lists) are truncated to ``max_length`` tokens with the
     model's tokenizer (or ``tokenizer``). Not for classifiers: GPTQModel drops their score head.
+    ``qcfg_extra``: further ``QuantizeConfig`` fields (e.g. ``act_group_aware``), recorded in the summary.
     Returns a summary dict.
     """
     from gptqmodel import GPTQModel, QuantizeConfig
@@ -172,7 +174,7 @@ def quantize_causal_lm(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     calibration = [{"input_ids": x, "attention_mask": [1] * len(x)} for x in ids]
     device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     qcfg = QuantizeConfig(bits=bits, group_size=group_size, desc_act=desc_act, sym=sym,
-                          damp_percent=damp_percent)
+                          damp_percent=damp_percent, **(qcfg_extra or {}))
     start = time.perf_counter()
     model = GPTQModel.load(str(model_dir), qcfg, device=device)
     # calibration_data_min_length=1: tiny test sets have short rows; GPTQModel's default drops < 10 tokens.
@@ -184,6 +186,6 @@ def quantize_causal_lm(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
             tokenizer.save_pretrained(str(tmp))
     del model
     return {"route": "GPTQModel.load/quantize/save", "bits": bits, "group_size": group_size,
-            "desc_act": desc_act, "sym": sym, "damp_percent": damp_percent, "n_calibration": len(ids),
-            "calibration_tokens_mean": sum(map(len, ids)) / len(ids), "calibration_max_length": max_length,
+            "desc_act": desc_act, "sym": sym, "damp_percent": damp_percent, **(qcfg_extra or {}),
+            "n_calibration": len(ids), "calibration_tokens_mean": sum(map(len, ids)) / len(ids), "calibration_max_length": max_length,
             "quantize_seconds": round(seconds, 2), "device": device}

@@ -112,15 +112,10 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise StageInputError(f"{path}: line {lineno} is not valid JSON: {exc}") from None
-    return out
+    """JSON lines; a bad line or a non-UTF-8 byte is a one-line error (see ``readers``)."""
+    from .readers import read_jsonl as _read_jsonl
+
+    return _read_jsonl(path, allow_empty=True)
 
 
 def mark_done(out_dir: str | os.PathLike, **info: Any) -> Path:

@@ -45,6 +45,7 @@ from arena_distill.metrics import log_loss, softmax  # noqa: E402
 from arena_distill.predict import (gather_parts, load_for_prediction, resolve_model_source, run_tag,  # noqa: E402
                                    tta_combine, write_part, write_submission)
 from arena_distill.scoring import score_classifier  # noqa: E402
+from arena_distill.readers import read_csv  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -88,7 +89,7 @@ class PredictConfig:
 
 def truth_log_loss(truth_csv: Path, ids: np.ndarray, probs: np.ndarray) -> dict | None:
     """Log loss against the sample generator's labels, plus that of its true probabilities (the floor)."""
-    truth = pd.read_csv(truth_csv)
+    truth = read_csv(truth_csv)
     if not {"id", "label", "p_a", "p_b", "p_tie"} <= set(truth.columns):
         return None
     truth = truth.drop_duplicates("id").set_index("id")

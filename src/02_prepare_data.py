@@ -59,6 +59,7 @@ from arena_distill.config import config_dict, field, load_config, save_config  #
 from arena_distill.dist import print0, seed_everything, warn0  # noqa: E402
 from arena_distill.io import (atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text,  # noqa: E402
                               is_done, mark_done, read_done, require, run_stage, StageInputError)
+from arena_distill.readers import check_tokenizer_folder, read_csv  # noqa: E402
 
 EXTRA_ID_BASE = {"33k": 10**12, "ut": 2 * 10**12}
 SCHEMA = pa.schema([("id", pa.int64()), ("swap", pa.bool_()), ("label", pa.int8()),
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = pd.factorize(train["prompt"] + "\x00" + train["response_a"] + "\x00" + train["response_b"])[0]
     folds_path = Path(cfg.folds_csv)
     if folds_path.exists():
-        folds = pd.read_csv(folds_path)
+        folds = read_csv(folds_path, fix=f"delete {folds_path} and re-run this stage")
         if list(folds.columns) != ["id", "fold"]:
             raise StageInputError(f"{folds_path}: expected columns ['id', 'fold'], got {list(folds.columns)}")
         missing = set(train["id"]) - set(folds["id"])
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import AutoTokenizer
 
         t0 = time.perf_counter()
+        check_tokenizer_folder(Path(cfg.model_dir) / name)  # a corrupt tokenizer file: named, exit 2
         tok = AutoTokenizer.from_pretrained(str(Path(cfg.model_dir) / name))
         data = pd.concat(fold_source + ([sources["ut"].assign(source="ut")] if write_ut and not cfg.ut_in_folds
                                         else []), ignore_index=True)

@@ -30,7 +30,6 @@ merge first, then quantize with stage 9).
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 import time
@@ -50,6 +49,7 @@ from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done,
 from arena_distill.metrics import accuracy, log_loss  # noqa: E402
 from arena_distill.models import check_not_quantized, load_classifier, load_peft, load_tokenizer  # noqa: E402
 from arena_distill.metrics import softmax  # noqa: E402
+from arena_distill.readers import check_adapter_folder, read_json, read_parquet  # noqa: E402
 from arena_distill.scoring import score_classifier  # noqa: E402
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -93,7 +93,8 @@ def load_fold_adapters(fold_dirs: list[Path]) -> tuple[list[dict[str, torch.Tens
 
     states, configs = [], []
     for d in fold_dirs:
-        configs.append(json.loads((d / "adapter_config.json").read_text(encoding="utf-8")))
+        check_adapter_folder(d)  # a corrupt config / truncated adapter file: named, not a traceback
+        configs.append(read_json(d / "adapter_config.json"))
         states.append(load_file(str(d / ADAPTER_FILE)))
     keys = ("r", "lora_alpha", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "fan_in_fan_out")
     for d, cfg, st in zip(fold_dirs[1:], configs[1:], states[1:]):
@@ -149,7 +150,7 @@ def apply_delta_difference(model, states: list[dict[str, torch.Tensor]], layers:
 
 def base_dtype(base: Path) -> torch.dtype:
     """The dtype the base checkpoint was saved in (bf16 for the real Gemma2-9b, fp32 for the tiny models)."""
-    saved = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    saved = read_json(base / "config.json")
     name = saved.get("dtype") or saved.get("torch_dtype") or "float32"
     return getattr(torch, str(name).replace("torch.", ""), torch.float32)
 
@@ -159,7 +160,7 @@ def heldout_rows(cfg: AverageConfig, folds: list[int]) -> pd.DataFrame | None:
     for k in folds:
         path = Path(cfg.processed_dir) / f"{cfg.student}fold{k}" / "dev.parquet"
         if path.is_file():
-            frames.append(pd.read_parquet(path, columns=["id", "label", "input_ids"]).assign(fold=k))
+            frames.append(read_parquet(path, columns=["id", "label", "input_ids"]).assign(fold=k))
     if not frames or cfg.eval_rows <= 0:
         return None
     dev = pd.concat(frames, ignore_index=True)

@@ -15,6 +15,7 @@ import torch
 
 from .dist import pick_device, pick_dtype, warn0
 from .io import StageInputError
+from .readers import check_adapter_folder, check_model_folder, check_safetensors, check_tokenizer_folder
 
 # Keep imports of transformers/peft quiet and offline: nothing may be fetched from a hub here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,6 +39,7 @@ def model_folder(model_dir: str | os.PathLike, name: str, run_first: str = "sh r
 def load_tokenizer(path: str | os.PathLike, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
+    check_tokenizer_folder(path)  # a missing/corrupt file is named, not a transformers traceback
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token_id is None:
         # Llama-3 ships no pad token; reuse EOS (the classifier pools the last non-pad position, and
@@ -85,6 +87,7 @@ def load_classifier(path: str | os.PathLike, *, num_labels: int = 3, dtype: str 
     from transformers import AutoModelForSequenceClassification
 
     torch_dtype = pick_dtype(dtype) if isinstance(dtype, str) else dtype
+    check_model_folder(path)  # missing config / truncated weights: named, not a safetensors traceback
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path), num_labels=num_labels, **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
     if pad_token_id is not None:
@@ -98,6 +101,7 @@ def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto"
     from transformers import AutoModelForCausalLM
 
     torch_dtype = pick_dtype(dtype) if isinstance(dtype, str) else dtype
+    check_model_folder(path)
     return AutoModelForCausalLM.from_pretrained(
         str(path), **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
 
@@ -129,6 +133,7 @@ def init_lora_from_adapter(peft_model, adapter_dir: str | os.PathLike, drop_head
     file = Path(adapter_dir) / "adapter_model.safetensors"
     if not file.is_file():
         raise StageInputError(f"adapter weights missing: {file}")
+    check_safetensors(file, adapter_dir, fix="re-run the stage that trains it")
     state = load_file(str(file))
     if drop_head:
         # Keep this model's freshly initialised head: peft expects the head keys, so put the current ones.
@@ -146,6 +151,7 @@ def init_lora_from_adapter(peft_model, adapter_dir: str | os.PathLike, drop_head
 def load_peft(model, adapter_dir: str | os.PathLike, trainable: bool = False):
     from peft import PeftModel
 
+    check_adapter_folder(adapter_dir)
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 

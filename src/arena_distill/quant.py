@@ -117,6 +117,9 @@ def quantize_classifier(merged_dir: str | os.PathLike, out_dir: str | os.PathLik
 
         # bf16 where the GPU has it (Gemma2 overflows in fp16), fp16 on T4, fp32 on CPU
         dtype = pick_dtype("auto")
+    from .readers import check_model_folder
+
+    check_model_folder(merged_dir)  # truncated weights: named, not a safetensors traceback
     start = time.perf_counter()
     model = AutoModelForSequenceClassification.from_pretrained(
         str(merged_dir), quantization_config=qconfig, dtype=dtype,

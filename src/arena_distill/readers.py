@@ -138,10 +138,10 @@ def read_csv(path: str | os.PathLike, *, encoding: str = "utf-8-sig", allow_no_r
             hint = "a row has more fields than the header: "
         raise FileFormatError(f"{path}: not a well-formed CSV: {msg} -> {hint}{fix}") from None
     if not text.endswith(("\n", "\r")):
-        short = _short_last_row(text)
-        if short:
-            raise FileFormatError(f"{path}: the last row has {short[0]} of the header's {short[1]} fields and no "
-                                  f"line end: the file looks cut off (interrupted download?) -> {fix}")
+        cut = _cut_last_row(text)
+        if cut:
+            raise FileFormatError(f"{path}: the last row {cut} and has no line end: the file looks cut off "
+                                  f"(interrupted download?) -> {fix}")
     if len(df) == 0 and not allow_no_rows:
         raise FileFormatError(f"{path}: has a header ({len(df.columns)} columns) but no data rows -> {fix}")
     return df
@@ -154,15 +154,23 @@ def _shift_row(msg: str) -> str:
                   msg)
 
 
-def _short_last_row(text: str) -> tuple[int, int] | None:
-    """``(fields of the last record, fields of the header)`` when the last record is short, else None."""
-    header_len = last_len = 0
+def _cut_last_row(text: str) -> str | None:
+    """What is wrong with the last record of a file without a final line end, if it looks cut: fewer fields
+    than the header (pandas pads them silently), or an empty last cell (a cut right after a comma)."""
+    header: list[str] = []
+    last: list[str] = []
     for i, row in enumerate(csv.reader(io.StringIO(text))):
         if i == 0:
-            header_len = len(row)
-        if row:
-            last_len = len(row)
-    return (last_len, header_len) if 0 < last_len < header_len else None
+            header = row
+        elif row:
+            last = row
+    if not last:
+        return None
+    if len(last) < len(header):
+        return f"has {len(last)} of the header's {len(header)} fields"
+    if last[-1] == "":
+        return f"ends with an empty '{header[-1]}' cell"
+    return None
 
 
 def read_parquet(path: str | os.PathLike, *, columns: list[str] | None = None,
@@ -255,7 +263,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def check_tokenizer_folder(folder: str | os.PathLike, *, fix: str = WEIGHT_FIX) -> Path:
-    """A tokenizer folder: ``tokenizer_config.json`` and a vocabulary file present; the JSON ones parse."""
+    """A tokenizer folder: ``tokenizer_config.json`` and a vocabulary file present; the JSON ones (and
+    ``config.json``, when present) parse."""
     folder = Path(folder)
     config = folder / "tokenizer_config.json"
     if not config.is_file():
@@ -265,8 +274,9 @@ def check_tokenizer_folder(folder: str | os.PathLike, *, fix: str = WEIGHT_FIX) 
     if not vocab:
         raise FileFormatError(f"tokenizer folder {folder}: no tokenizer file (one of {list(TOKENIZER_FILES)}) "
                               f"-> {fix}")
-    for f in vocab:
-        if f.suffix == ".json":
+    # AutoTokenizer also reads the model's config.json (for the model type) when the folder has one.
+    for f in [*vocab, folder / "config.json"]:
+        if f.suffix == ".json" and f.is_file():
             read_json(f, fix=fix)
     return folder
 

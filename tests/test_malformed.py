@@ -412,6 +412,7 @@ def test_distill_truncated_fold_parquet(distill, tiny_model_dirs, tmp_path, caps
     assert files_under(tmp_path) == before
 
 
+@pytest.mark.slow  # ~8 s (imports the training stack); the in-process test above covers the default run
 def test_distill_truncated_weights_subprocess(tiny_model_dirs, tmp_path):
     profile, broken = _distill_workspace(tmp_path, tiny_model_dirs["tiny_gemma2"], "truncated_weights")
     before = files_under(tmp_path)

@@ -15,7 +15,7 @@ import torch
 
 from .dist import pick_device, pick_dtype, warn0
 from .io import StageInputError
-from .readers import check_adapter_folder, check_model_folder, check_safetensors, check_tokenizer_folder
+from .readers import check_adapter_folder, check_model_folder, check_safetensors, check_tokenizer_folder, read_json
 
 # Keep imports of transformers/peft quiet and offline: nothing may be fetched from a hub here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -172,10 +172,8 @@ def describe(model) -> str:
 
 def check_not_quantized(path: str | os.PathLike) -> None:
     """Merging LoRA into already-quantized weights is lossy/undefined: refuse (LLaMA-Factory does too)."""
-    import json
-
     cfg = Path(path) / "config.json"
-    if cfg.is_file() and "quantization_config" in json.loads(cfg.read_text()):
+    if cfg.is_file() and "quantization_config" in read_json(cfg):
         raise StageInputError(f"{path} is a quantized checkpoint; merge adapters into the full-precision base "
                               "model, then quantize the merged result")
 

@@ -69,6 +69,8 @@ class PredictConfig:
     truncation_side: Literal["right", "left"] | None = C.field(None, help="unset = prepare's")
     bad_json: Literal["error", "repair"] = C.field("repair", help="a non-JSON text cell: keep it as raw text "
                                                    "(repair) or stop (error)")
+    encoding: str = C.field("utf-8-sig", help="text encoding of test_csv: UTF-8 (a byte-order mark dropped); e.g. "
+                                              "cp1252 for a file a spreadsheet saved (bytes are never replaced)")
     batch_size: int = C.field(8, help="rows per batch (at most)")
     max_tokens: int = C.field(0, help="padded tokens per batch (rows x longest row) at most; 0 = no limit")
     sort: bool = C.field(True, help="length-sorted batches (false = file order, the speed baseline)")
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         cfg.adapter_dir or Path(cfg.save_dir) / f"{cfg.student}_avg")
     print0(f"[predict] test {test_csv} | model {kind}: {folder} | device {device} | world {world} | "
            f"max_length {cfg.max_length} | tta {cfg.tta} | sorted {cfg.sort}")
-    test = read_arena_csv(test_csv, kind="test", bad_json=cfg.bad_json)
+    test = read_arena_csv(test_csv, kind="test", bad_json=cfg.bad_json, encoding=cfg.encoding)
     ids = test["id"].to_numpy()
     n = len(test)
 

@@ -95,6 +95,8 @@ class PrepareConfig:
     swap_augment: bool = field(True, help="add an A/B-swapped copy of every training row (label 0<->1)")
     bad_json: Literal["error", "repair"] = field("repair", help="non-JSON text cell: error, or keep the raw "
                                                  "text as one turn (counted in the report)")
+    encoding: str = field("utf-8-sig", help="text encoding of the CSVs: UTF-8 (a byte-order mark dropped); set e.g. "
+                                            "cp1252 for a file a spreadsheet saved (bytes are never replaced)")
     force: bool = field(False, help="rebuild outputs that are already done")
 
     def __post_init__(self) -> None:
@@ -115,7 +117,7 @@ class PrepareConfig:
 # Settings that change the outputs: a done folder made with other values is stale.
 FINGERPRINT_KEYS = ("seed", "n_folds", "train_csv", "extra_33k_csv", "extra_ut_csv", "use_33k", "use_ut",
                     "ut_in_folds", "max_length", "prompt_max_tokens", "prompt_max_words", "response_max_words",
-                    "truncation_side", "swap_augment", "bad_json")
+                    "truncation_side", "swap_augment", "bad_json", "encoding")
 
 
 FINGERPRINT_FILE = "prepare_fingerprint.json"  # its own file: later stages may rewrite DONE.json/config.yaml
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = {src: p for src, p in paths.items() if p is not None and p not in extra_missing}
     for src, path in paths.items():
         repairs[src] = Counter()
-        sources[src] = at.read_arena_csv(path, kind="train", bad_json=cfg.bad_json, repairs=repairs[src])
+        sources[src] = at.read_arena_csv(path, kind="train", bad_json=cfg.bad_json, repairs=repairs[src],
+                                         encoding=cfg.encoding)
     train = sources["train"]
     rows_in = {src: len(df) for src, df in sources.items()}
     fingerprint["rows_in"] = rows_in  # which sources were used, and how many rows each had

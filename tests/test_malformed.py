@@ -174,7 +174,7 @@ def test_prepare_bad_train_csv(case, prepare, sample, tiny_models_root, tmp_path
         pos = latin1_pos(sample["train"])
         lineno = sample["train"].count(b"\n", 0, pos) + 1
         assert f"byte offset {pos} " in line and f"line {lineno}," in line
-        assert "UTF-8" in line  # says what to do
+        assert "re-save it as UTF-8" in line and "or pass encoding=" in line  # says what to do
     assert files_under(tmp_path) == before  # no folds.csv, no processed data
 
 
@@ -205,6 +205,13 @@ def test_prepare_explicit_encoding_reads_latin1(sample, tmp_path):
     df = read_arena_csv(path, kind="train", encoding="latin-1")
     assert len(df) == 40 and any("é" in t for t in df["prompt"].tolist() + df["response_a"].tolist()
                                  + df["response_b"].tolist())
+
+
+def test_prepare_encoding_key_reads_a_latin1_file(prepare, sample, tiny_models_root, tmp_path, capsys):
+    """The error's other way out works end to end: ``encoding=latin-1`` and the stage writes its outputs."""
+    profile = _prepare_workspace(tmp_path, latin1_byte(sample["train"]), tiny_models_root)
+    assert prepare.main(["--config", str(profile), "encoding=latin-1"]) == 0
+    assert (tmp_path / "folds.csv").is_file() and (tmp_path / "processed" / f"{MODELS[0]}fold0" / "DONE.json").is_file()
 
 
 def test_prepare_cut_csv_subprocess(sample, tiny_models_root, tmp_path):

@@ -218,7 +218,7 @@ def read_arena_csv(path: "Any", *, kind: Literal["train", "test"], bad_json: Lit
     # utf-8-sig: a byte-order mark (files saved by Excel) would otherwise rename the first column.
     # Whole-file problems (empty, header only, not UTF-8, cut off) are one-line errors too (readers.read_csv).
     df = read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding=encoding,
-                  fix="re-download the file (or re-export it from the source as UTF-8 CSV)")
+                  encoding_key="encoding", fix="re-download the file (or re-export it from the source as UTF-8 CSV)")
     need = TRAIN_COLUMNS if kind == "train" else TEST_COLUMNS
     missing = [c for c in need if c not in df.columns]
     if missing:

@@ -36,8 +36,9 @@ class FileFormatError(StageInputError):
 # --------------------------------------------------------------------------------------------------
 # Text
 
-def decode_text(data: bytes, path: str | os.PathLike, encoding: str = "utf-8") -> str:
-    """Decode strictly; a bad byte is an error naming its line and byte offset (never replaced)."""
+def decode_text(data: bytes, path: str | os.PathLike, encoding: str = "utf-8", encoding_key: str = "") -> str:
+    """Decode strictly; a bad byte is an error naming its line and byte offset (never replaced). ``encoding_key``:
+    the config key that sets the encoding, offered as the other way out."""
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -46,7 +47,8 @@ def decode_text(data: bytes, path: str | os.PathLike, encoding: str = "utf-8") -
         bad = data[exc.start:exc.end]
         raise FileFormatError(
             f"{path}: not valid {encoding} text: line {line}, byte offset {exc.start} (byte {col} of the line) "
-            f"is {bad!r} ({exc.reason}) -> {RESAVE_UTF8}") from None
+            f"is {bad!r} ({exc.reason}) -> {RESAVE_UTF8}"
+            + (f", or pass {encoding_key}=<its encoding> (e.g. cp1252)" if encoding_key else "")) from None
 
 
 def read_bytes(path: str | os.PathLike, *, allow_empty: bool = False, fix: str = REDOWNLOAD) -> bytes:
@@ -112,15 +114,15 @@ def read_yaml(path: str | os.PathLike, *, fix: str = "fix the file") -> Any:
 # --------------------------------------------------------------------------------------------------
 # Tables
 
-def read_csv(path: str | os.PathLike, *, encoding: str = "utf-8-sig", allow_no_rows: bool = False,
-             fix: str = REDOWNLOAD, **pandas_kw: Any) -> "Any":
+def read_csv(path: str | os.PathLike, *, encoding: str = "utf-8-sig", encoding_key: str = "",
+             allow_no_rows: bool = False, fix: str = REDOWNLOAD, **pandas_kw: Any) -> "Any":
     """``pandas.read_csv`` with whole-file problems as ``FileFormatError``: empty file, header without rows,
     bytes that are not ``encoding`` (utf-8-sig: UTF-8, a leading byte-order mark dropped), a quoted cell
     that never closes or a row with too many fields (a cut or mangled file), a last row cut short."""
     import pandas as pd
 
     data = read_bytes(path, fix=fix)
-    text = decode_text(data, path, encoding)
+    text = decode_text(data, path, encoding, encoding_key)
     if not text.strip():
         raise FileFormatError(f"{path}: file has no content (only whitespace) -> {fix}")
     try:
@@ -249,6 +251,8 @@ def check_model_folder(folder: str | os.PathLike, *, fix: str = WEIGHT_FIX) -> P
         raise FileFormatError(f"model folder {folder}: config.json is missing -> {fix}")
     read_json(config, fix=fix)
     files = weight_files(folder)
+    # Only safetensors: their header can be checked before loading, and nothing pickle-based is opened.
+    # (transformers 5 itself would torch.load a *.bin with weights_only=True, modeling_utils.py load_state_dict.)
     if not files:
         others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt*"))
         extra = (f" (found {others}: pickle-based weights are not loaded, they can run code; convert them "

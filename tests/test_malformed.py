@@ -4,7 +4,9 @@ a CSV cut inside a quoted cell, a latin-1 byte, an empty file, a header-only fil
 the row-level problems that already had good errors, a broken profile YAML, truncated/missing model, tokenizer,
 adapter and parquet files, and broken generations for the reasoning evaluator. Stage mains run in-process through
 ``io.run_stage`` (the same wrapper as the command line); one case per entry point also runs as a real subprocess,
-and ``run_data.sh`` under ``-m slow``. Last, a scan of the source tree: untrusted files are never executed."""
+and ``run_data.sh`` under ``-m slow``. Also: a CSV with a stray field, UTF-16 text, a zip saved under the CSV's name, a Git LFS pointer instead of
+weights, duplicate YAML keys and a Python tag in a profile. Last, a scan of the source tree: untrusted files are
+never executed."""
 from __future__ import annotations
 
 import ast
@@ -47,7 +49,7 @@ def run_cli(main: Callable[[], object], capsys, *user_errors: type[BaseException
 
 def one_error_line(err: str) -> str:
     assert "Traceback" not in err, err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
+    lines = [line for line in err.strip().splitlines() if line.strip() and not line.startswith("warning: ")]
     assert len(lines) == 1, err
     assert lines[0].startswith(("error: ", "config error: ")), err
     return lines[0]
@@ -96,6 +98,24 @@ def cut_between_cells(data: bytes) -> bytes:
     return data[:data.rstrip().rindex(b'",') + 2]
 
 
+def extra_field(data: bytes) -> bytes:
+    """Row 5 gets one cell more than the header (a stray delimiter)."""
+    lines = data.split(b"\n")
+    lines[5] += b',"stray"'
+    return b"\n".join(lines)
+
+
+def zipped(data: bytes) -> bytes:
+    """The Kaggle download itself (a zip) saved under the CSV's name."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("train.csv", data)
+    return buf.getvalue()
+
+
 WHOLE_FILE_CASES = {
     # name: (make bad bytes, regex the error line must match after the file name)
     "cut_mid_cell": (cut_mid_cell, r"EOF inside string starting at row \d+.*file looks cut off"),
@@ -103,6 +123,9 @@ WHOLE_FILE_CASES = {
     "empty": (lambda d: b"", r"file is empty \(0 bytes\)"),
     "whitespace": (lambda d: b"\n \n", r"no content"),
     "header_only": (header_only, r"has a header \(\d+ columns\) but no data rows"),
+    "extra_field": (extra_field, r"Expected \d+ fields in line 6, saw \d+ -> a row has more fields than the header"),
+    "utf16": (lambda d: d.decode().encode("utf-16"), r"is UTF-16 text .* or pass encoding=utf-16"),
+    "zip": (zipped, r"is a zip archive, not the file itself -> unpack it"),
     "cut_between_cells": (cut_between_cells, r"last row (has \d+ of the header's \d+ fields|ends with an empty "
                                              r"'response_b' cell) and has no line end: the file looks cut off"),
 }
@@ -233,6 +256,9 @@ BROKEN_YAML = {
     "tab": ("common:\n\tseed: 5\n", r"line 2, column \d+"),
     "latin1": (b"common:\n  data_dir: caf\xe9\n", r"line 2, byte offset 23 "),
     "top_level_list": ("- a\n- b\n", r"top level must be a mapping"),
+    "duplicate_key": ("common:\n  seed: 5\nprepare:\n  n_folds: 2\n  n_folds: 3\n",
+                      r"line 5, column 3: key 'n_folds' given twice \(first on line 4\)"),
+    "python_tag": ("common: !!python/object/apply:os.system ['echo hi']\n", r"line 1, column 9: could not determine"),
 }
 
 
@@ -323,6 +349,12 @@ def corrupt_copy(src: Path, dst: Path, how: str) -> Path:
     if how == "config_not_json":
         (dst / "config.json").write_text('{"model_type": "llama", ')
         return dst / "config.json"
+    if how == "config_no_model_type":
+        (dst / "config.json").write_text("{}")
+        return dst
+    if how == "lfs_pointer":
+        weights.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 123456\n")
+        return weights
     if how == "no_tokenizer_json":
         (dst / "tokenizer.json").unlink()
         return dst
@@ -336,6 +368,8 @@ MODEL_CASES = {"truncated_weights": r"truncated weight file .*model folder",
                "weights_8_bytes": r"truncated or corrupt weight file .*model folder",
                "no_weights": r"no \*\.safetensors weight file",
                "config_not_json": r"not valid JSON: .* line 1, column \d+",
+               "config_no_model_type": r"cannot be loaded \(ValueError: ",
+               "lfs_pointer": r"is a Git LFS pointer, not the file itself -> run `git lfs pull`",
                "no_tokenizer_json": r"no tokenizer file",
                "no_tokenizer_config": r"tokenizer_config\.json is missing"}
 
@@ -496,6 +530,21 @@ def test_run_data_sh_cut_train_csv(sample, tiny_models_root, tmp_path):
     profile.write_text(BROKEN_YAML["unclosed_list"][0])
     proc = run_subprocess(["bash", "run_data.sh"], CONFIG=str(profile))
     assert proc.returncode == 2 and str(profile) in one_error_line(proc.stderr)
+
+
+@pytest.mark.slow
+def test_run_data_sh_tiny_profile_cut_train_csv(sample, tmp_path):
+    """With the tiny profile, stage 1 reads train.csv first (tokenizer corpus): the same one line, exit 2."""
+    (tmp_path / "data").mkdir()
+    train = tmp_path / "data" / "train.csv"
+    train.write_bytes(cut_mid_cell(sample["train"]))
+    before = files_under(tmp_path)
+    proc = run_subprocess(["bash", "run_data.sh", f"common.data_dir={tmp_path / 'data'}",
+                           f"common.model_dir={tmp_path / 'models'}", f"common.processed_dir={tmp_path / 'processed'}",
+                           f"prepare.folds_csv={tmp_path / 'folds.csv'}"], CONFIG="configs/tiny.yaml")
+    assert proc.returncode == 2, proc.stderr
+    assert str(train) in one_error_line(proc.stderr)
+    assert files_under(tmp_path) == before  # no model folder, no folds, no processed data
 
 
 # --------------------------------------------------------------------------------------------------

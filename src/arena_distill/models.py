@@ -15,7 +15,8 @@ import torch
 
 from .dist import pick_device, pick_dtype, warn0
 from .io import StageInputError
-from .readers import check_adapter_folder, check_model_folder, check_safetensors, check_tokenizer_folder, read_json
+from .readers import (check_adapter_folder, check_model_folder, check_safetensors, check_tokenizer_folder, loading,
+                      read_json)
 
 # Keep imports of transformers/peft quiet and offline: nothing may be fetched from a hub here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +41,8 @@ def load_tokenizer(path: str | os.PathLike, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
     check_tokenizer_folder(path)  # a missing/corrupt file is named, not a transformers traceback
-    tok = AutoTokenizer.from_pretrained(str(path))
+    with loading(path, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token_id is None:
         # Llama-3 ships no pad token; reuse EOS (the classifier pools the last non-pad position, and
         # attention masks hide the padding), as the seed does.
@@ -88,8 +90,9 @@ def load_classifier(path: str | os.PathLike, *, num_labels: int = 3, dtype: str 
 
     torch_dtype = pick_dtype(dtype) if isinstance(dtype, str) else dtype
     check_model_folder(path)  # missing config / truncated weights: named, not a safetensors traceback
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), num_labels=num_labels, **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
+    with loading(path):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=num_labels, **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
     if pad_token_id is not None:
         # The classifier pools the last non-pad token: it must know which id is padding.
         model.config.pad_token_id = pad_token_id
@@ -102,8 +105,9 @@ def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto"
 
     torch_dtype = pick_dtype(dtype) if isinstance(dtype, str) else dtype
     check_model_folder(path)
-    return AutoModelForCausalLM.from_pretrained(
-        str(path), **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
+    with loading(path):
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
 
 
 def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str] | str,
@@ -152,7 +156,8 @@ def load_peft(model, adapter_dir: str | os.PathLike, trainable: bool = False):
     from peft import PeftModel
 
     check_adapter_folder(adapter_dir)
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    with loading(adapter_dir, "adapter", fix="re-run the stage that trains it"):
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 
 def count_params(model) -> tuple[int, int]:

@@ -14,6 +14,7 @@ source tree for ``eval``/``exec``/pickle loading/``torch.load`` without ``weight
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,6 +22,8 @@ import os
 import struct
 from pathlib import Path
 from typing import Any, Iterator
+
+import yaml
 
 from .io import StageInputError
 
@@ -39,6 +42,10 @@ class FileFormatError(StageInputError):
 def decode_text(data: bytes, path: str | os.PathLike, encoding: str = "utf-8", encoding_key: str = "") -> str:
     """Decode strictly; a bad byte is an error naming its line and byte offset (never replaced). ``encoding_key``:
     the config key that sets the encoding, offered as the other way out."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) and "16" not in encoding:
+        raise FileFormatError(f"{path}: is UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8 -> "
+                              f"{RESAVE_UTF8.replace('latin1', 'utf-16')}"
+                              + (f", or pass {encoding_key}=utf-16" if encoding_key else ""))
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -58,7 +65,24 @@ def read_bytes(path: str | os.PathLike, *, allow_empty: bool = False, fix: str =
     data = p.read_bytes()
     if not data and not allow_empty:
         raise FileFormatError(f"{p}: file is empty (0 bytes) -> {fix}")
+    not_plain(p, data[:64])
     return data
+
+
+ARCHIVES = {b"PK\x03\x04": "a zip archive", b"\x1f\x8b": "a gzip file", b"BZh": "a bzip2 file",
+            b"\xfd7zXZ\x00": "an xz file", b"7z\xbc\xaf\x27\x1c": "a 7z archive"}
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def not_plain(path: Path, head: bytes) -> None:
+    """Two common wrong files under the right name: a Git LFS pointer (the repository was cloned without
+    ``git lfs``) and a still-compressed download (Kaggle serves zips)."""
+    if head.startswith(LFS_POINTER):
+        raise FileFormatError(f"{path}: is a Git LFS pointer, not the file itself -> run `git lfs pull` in its "
+                              f"repository (or download the file directly)")
+    for magic, what in ARCHIVES.items():
+        if head.startswith(magic):
+            raise FileFormatError(f"{path}: is {what}, not the file itself -> unpack it and point to the file inside")
 
 
 def read_text(path: str | os.PathLike, *, encoding: str = "utf-8", allow_empty: bool = False,
@@ -98,17 +122,34 @@ def read_jsonl(path: str | os.PathLike, *, allow_empty: bool = True, fix: str = 
 
 
 def read_yaml(path: str | os.PathLike, *, fix: str = "fix the file") -> Any:
-    import yaml
-
     text = read_text(path, allow_empty=True, fix=fix)
     try:
-        return yaml.safe_load(text)  # safe_load: plain data only, no Python object tags
+        # safe loading (plain data only, no Python object tags), and a key given twice is an error: YAML would
+        # keep the last value silently
+        return yaml.load(text, Loader=_UniqueKeySafeLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         what = " ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x) \
             or type(exc).__name__
         raise FileFormatError(f"{path}: not valid YAML: {where}{what} -> {fix}") from None
+
+
+class _UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping key given twice (plain YAML keeps the last value silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges are overridable by design
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first on line {seen[key]}); only one value can count",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,6 +249,8 @@ def check_safetensors(file: str | os.PathLike, folder: str | os.PathLike | None 
         raise FileFormatError(f"{file}: weight file not found{where} -> {fix}")
     size = file.stat().st_size
     with open(file, "rb") as fh:
+        not_plain(file, fh.read(64))
+        fh.seek(0)
         head = fh.read(8)
         if len(head) < 8:
             raise FileFormatError(f"{file}: truncated weight file{where}: {size} bytes, not even a safetensors "
@@ -261,6 +304,22 @@ def check_model_folder(folder: str | os.PathLike, *, fix: str = WEIGHT_FIX) -> P
     for f in files:
         check_safetensors(f, folder, fix)
     return folder
+
+
+@contextlib.contextmanager
+def loading(folder: str | os.PathLike, what: str = "model", fix: str = WEIGHT_FIX) -> Iterator[None]:
+    """Around a ``from_pretrained``: what the checks above cannot see (a config.json without ``model_type``, a
+    tokenizer file the library rejects) is still an error naming the folder, with the library's first line."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except FileFormatError:
+        raise
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise FileFormatError(f"{what} folder {folder}: cannot be loaded ({type(exc).__name__}: {first}) "
+                              f"-> {fix}") from None
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")

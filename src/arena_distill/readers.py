@@ -164,7 +164,7 @@ def read_csv(path: str | os.PathLike, *, encoding: str = "utf-8-sig", encoding_k
 
     data = read_bytes(path, fix=fix)
     text = decode_text(data, path, encoding, encoding_key)
-    if not text.strip():
+    if text.isspace():
         raise FileFormatError(f"{path}: file has no content (only whitespace) -> {fix}")
     try:
         df = pd.read_csv(io.StringIO(text), **pandas_kw)

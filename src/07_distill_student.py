@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in cfg.teachers:
         column = f"logits_{name}"
         if column not in train.columns:
-            raise StageInputError(f"{data_dir}/train.parquet has no column {column}\n  -> run first: "
+            raise StageInputError(f"{data_dir}/train.parquet has no column {column} -> run first: "
                                   f"python src/05_teacher_logits.py model={name} fold={cfg.fold} && "
                                   f"python src/06_merge_logits.py fold={cfg.fold}  (or sh run_pipeline.sh {cfg.fold})")
         values = np.stack(train[column].to_numpy()).astype(np.float32)

@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(cfg.seed)
     folds = cfg.folds or [k for k in range(cfg.n_folds) if is_done(Path(cfg.save_dir) / f"{cfg.student}fold{k}")]
     if not folds:
-        raise StageInputError(f"no finished student fold in {cfg.save_dir}/{cfg.student}fold<k>/ (DONE.json)\n"
-                              "  -> run first: sh run_pipeline.sh 0  (and the other folds)")
+        raise StageInputError(f"no finished student fold in {cfg.save_dir}/{cfg.student}fold<k>/ (DONE.json)"
+                              " -> run first: sh run_pipeline.sh 0  (and the other folds)")
     if not cfg.folds and len(folds) < cfg.n_folds:
         warn0(f"only folds {folds} of {cfg.n_folds} are finished: averaging those (run sh run_pipeline.sh <k> for "
               "the others, then FORCE=1 sh run_final.sh)")
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         if bases:
             raise StageInputError(f"fold adapters name different base models {sorted(bases)}: set base_model=...")
     if not (base / "config.json").is_file():
-        raise StageInputError(f"base model {base} not found (config.json missing)\n  -> run first: sh run_data.sh "
+        raise StageInputError(f"base model {base} not found (config.json missing) -> run first: sh run_data.sh "
                               "(tiny profile) or download the checkpoint into model_path/")
     check_not_quantized(base)
     device = torch.device("cuda", 0) if cfg.device == "auto" and torch.cuda.is_available() else (

@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [p for k in range(cfg.n_folds)
                 if (p := Path(cfg.processed_dir) / f"{cfg.student}fold{k}" / "train.parquet").is_file()]
         if not rows:
-            raise StageInputError(f"no calibration texts: {calib_csv} is missing and no processed train data\n"
-                                  "  -> run first: sh run_data.sh (or set calibration_csv=...)")
+            raise StageInputError(f"no calibration texts: {calib_csv} is missing and no processed train data"
+                                  " -> run first: sh run_data.sh (or set calibration_csv=...)")
         frame = read_parquet(rows[0], columns=["id", "input_ids"])
         frame = frame.sample(n=min(cfg.n_calibration, len(frame)), random_state=cfg.seed)
         calibration, calibration_ids, calib_source = [list(x) for x in frame["input_ids"]], set(), str(rows[0])

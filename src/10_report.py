@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> str:
         lines += ["No held-out predictions yet (stage 8 writes them) -> no reliability diagram.", ""]
 
     if found == 0:
-        raise StageInputError("nothing to report: no fold metrics, no merged or quantized model\n"
-                              "  -> run first: sh run_pipeline.sh <fold> for each fold, then sh run_final.sh")
+        raise StageInputError("nothing to report: no fold metrics, no merged or quantized model"
+                              " -> run first: sh run_pipeline.sh <fold> for each fold, then sh run_final.sh")
     text = "\n".join(lines)
     atomic_write_text(out, text)
     print0(f"[report] wrote {out}" + (f" and {png}" if png.is_file() else ""))

@@ -86,8 +86,8 @@ def resolve_model_path(model: str, model_dir: str) -> Path:
         return q
     from .io import StageInputError
 
-    raise StageInputError(f"model {model!r} not found (looked for {p}/config.json and {q}/config.json)\n"
-                          f"  -> for the tiny profile run first: python src/01_build_tiny_models.py")
+    raise StageInputError(f"model {model!r} not found (looked for {p}/config.json and {q}/config.json)"
+                          f" -> for the tiny profile run first: python src/01_build_tiny_models.py")
 
 
 def quant_bits(model_path: str | os.PathLike) -> int | None:

@@ -135,7 +135,7 @@ def require(path: str | os.PathLike, run_first: str, what: str = "input") -> Pat
     """Fail with a message naming the missing path and the command that produces it."""
     p = Path(path)
     if not p.exists():
-        raise StageInputError(f"missing {what}: {p}\n  -> run first: {run_first}")
+        raise StageInputError(f"missing {what}: {p} -> run first: {run_first}")
     return p
 
 
@@ -143,7 +143,7 @@ def require_done(out_dir: str | os.PathLike, run_first: str, what: str = "stage 
     p = Path(out_dir)
     if not is_done(p):
         state = "incomplete (no DONE.json: the producing run did not finish)" if p.exists() else "missing"
-        raise StageInputError(f"{what} {state}: {p}\n  -> run first: {run_first}")
+        raise StageInputError(f"{what} {state}: {p} -> run first: {run_first}")
     return p
 
 

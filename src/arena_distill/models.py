@@ -31,8 +31,8 @@ def model_folder(model_dir: str | os.PathLike, name: str, run_first: str = "sh r
     path = Path(model_dir) / name
     if not (path / "config.json").is_file():
         raise StageInputError(
-            f"model '{name}' not found: {path}/config.json is missing\n"
-            f"  -> put the checkpoint there (see model_path/README.md), or for the tiny profile run first: "
+            f"model '{name}' not found: {path}/config.json is missing"
+            f" -> put the checkpoint there (see model_path/README.md), or for the tiny profile run first: "
             f"{run_first}")
     return path
 

@@ -239,7 +239,7 @@ def resolve_model_source(source: str, gptq_dir: str | os.PathLike, merged_dir: s
         if (folder / marker).is_file():
             return kind, folder
     tried = ", ".join(f"{k}: {candidates[k][0]}/{candidates[k][1]}" for k in order)
-    raise StageInputError(f"no model to predict with (looked for {tried})\n  -> run first: sh run_final.sh "
+    raise StageInputError(f"no model to predict with (looked for {tried}) -> run first: sh run_final.sh "
                           "(average + merge + quantize), or put the published 8-bit model into the gptq folder")
 
 

@@ -464,6 +464,36 @@ def test_distill_truncated_weights_subprocess(tiny_model_dirs, tmp_path):
     assert files_under(tmp_path) == before
 
 
+@pytest.mark.parametrize("how", ["truncated", "not_parquet", "empty"])
+def test_merge_logits_broken_teacher_logits(how, stage_module, tiny_model_dirs, tmp_path, capsys):
+    """Stage 6 with a teacher's logits file (stage 5's output) cut short, replaced by text, or empty."""
+    merge = stage_module("06_merge_logits")
+    profile, _ = _distill_workspace(tmp_path, tiny_model_dirs["tiny_gemma2"], None)
+    logits = tmp_path / "oof" / "tfold0.parquet"
+    logits.parent.mkdir()
+    table = pa.table({"source": ["train"] * 8, "id": np.arange(8), "swap": np.zeros(8, dtype=bool),
+                      **{f"logit_{j}": np.zeros(8, dtype=np.float32) for j in range(3)}})
+    pq.write_table(table, logits)
+    data = logits.read_bytes()
+    logits.write_bytes({"truncated": data[:len(data) // 2], "not_parquet": b"id,logit_0\n1,0.5\n", "empty": b""}[how])
+    before = files_under(tmp_path)
+    argv = ["--config", str(profile), "teachers=[t]", f"logits_dir={tmp_path / 'oof'}"]
+    line = run_cli(lambda: merge.main(argv), capsys)
+    assert str(logits) in line and "not a readable parquet file" in line and "05_teacher_logits.py model=t" in line
+    assert files_under(tmp_path) == before  # train.parquet untouched, no merge record
+
+
+def test_missing_inputs_are_one_line_too(predict_script, distill, sample, tmp_path, capsys):
+    """Wrong order (an input not produced yet) is one line with the command to run first."""
+    profile = _predict_profile(tmp_path, sample["test"], tmp_path / "nothing")
+    line = run_cli(lambda: predict_script.main(["--config", str(profile)]), capsys)
+    assert "no model to predict with" in line and "-> run first: sh run_final.sh" in line
+    profile = tmp_path / "distill.yaml"
+    profile.write_text(f"common:\n  processed_dir: {tmp_path / 'none'}\n  student: stud\n")
+    line = run_cli(lambda: distill.main(["--config", str(profile)]), capsys)
+    assert str(tmp_path / "none" / "studfold0") in line and "-> run first: sh run_data.sh" in line
+
+
 # --------------------------------------------------------------------------------------------------
 # Stage 25 (the reasoning evaluator): broken generations / data files
 

@@ -219,6 +219,23 @@ def test_prepare_sample_csv_is_fine_and_bom_is_accepted(sample):
         assert len(read_arena_csv(path, kind="train")) == 40
 
 
+def test_valid_files_still_read(tmp_path):
+    """The strict readers accept what is valid: raw U+2028 inside a JSONL string (``str.splitlines`` would cut
+    there), YAML anchors and merge keys, CRLF line ends, a CSV without a final line end."""
+    from arena_distill import readers
+
+    rows = [{"text": "a\u2028b\x1cc", "n": 1}, {"text": "中文 🙂", "n": 2}]
+    jl = tmp_path / "x.jsonl"
+    jl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    assert readers.read_jsonl(jl) == rows
+    ym = tmp_path / "x.yaml"
+    ym.write_text("base: &b {k: 1, m: 2}\nother:\n  <<: *b\n  k: 3\n")
+    assert readers.read_yaml(ym) == {"base": {"k": 1, "m": 2}, "other": {"k": 3, "m": 2}}
+    cs = tmp_path / "x.csv"
+    cs.write_bytes(b"id,text\r\n1,\"a,b\"\r\n2,c")
+    assert readers.read_csv(cs)["text"].tolist() == ["a,b", "c"]
+
+
 def test_prepare_explicit_encoding_reads_latin1(sample, tmp_path):
     """The alternative to re-saving: an explicit ``encoding`` (never a silent replacement)."""
     from arena_distill.arena_text import read_arena_csv

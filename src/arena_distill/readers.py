@@ -92,9 +92,10 @@ def read_text(path: str | os.PathLike, *, encoding: str = "utf-8", allow_empty: 
 
 def iter_lines(path: str | os.PathLike, *, encoding: str = "utf-8", allow_empty: bool = False,
                fix: str = REDOWNLOAD) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` of a text file, strictly decoded (for JSONL readers)."""
+    """``(line number, line)`` of a text file, strictly decoded (for JSONL readers). Lines end at ``\n`` only:
+    ``str.splitlines`` would also split at U+2028 and friends, which JSON strings may hold raw."""
     text = read_text(path, encoding=encoding, allow_empty=allow_empty, fix=fix)
-    yield from enumerate(text.splitlines(), 1)
+    yield from enumerate(text.split("\n"), 1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from arena_distill.metrics import log_loss, softmax  # noqa: E402
 from arena_distill.predict import (gather_parts, load_for_prediction, resolve_model_source, run_tag,  # noqa: E402
                                    tta_combine, write_part, write_submission)
 from arena_distill.scoring import score_classifier  # noqa: E402
+from arena_distill.readers import read_csv  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -68,6 +69,8 @@ class PredictConfig:
     truncation_side: Literal["right", "left"] | None = C.field(None, help="unset = prepare's")
     bad_json: Literal["error", "repair"] = C.field("repair", help="a non-JSON text cell: keep it as raw text "
                                                    "(repair) or stop (error)")
+    encoding: str = C.field("utf-8-sig", help="text encoding of test_csv: UTF-8 (a byte-order mark dropped); e.g. "
+                                              "cp1252 for a file a spreadsheet saved (bytes are never replaced)")
     batch_size: int = C.field(8, help="rows per batch (at most)")
     max_tokens: int = C.field(0, help="padded tokens per batch (rows x longest row) at most; 0 = no limit")
     sort: bool = C.field(True, help="length-sorted batches (false = file order, the speed baseline)")
@@ -88,7 +91,7 @@ class PredictConfig:
 
 def truth_log_loss(truth_csv: Path, ids: np.ndarray, probs: np.ndarray) -> dict | None:
     """Log loss against the sample generator's labels, plus that of its true probabilities (the floor)."""
-    truth = pd.read_csv(truth_csv)
+    truth = read_csv(truth_csv)
     if not {"id", "label", "p_a", "p_b", "p_tie"} <= set(truth.columns):
         return None
     truth = truth.drop_duplicates("id").set_index("id")
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         cfg.adapter_dir or Path(cfg.save_dir) / f"{cfg.student}_avg")
     print0(f"[predict] test {test_csv} | model {kind}: {folder} | device {device} | world {world} | "
            f"max_length {cfg.max_length} | tta {cfg.tta} | sorted {cfg.sort}")
-    test = read_arena_csv(test_csv, kind="test", bad_json=cfg.bad_json)
+    test = read_arena_csv(test_csv, kind="test", bad_json=cfg.bad_json, encoding=cfg.encoding)
     ids = test["id"].to_numpy()
     n = len(test)
 

@@ -59,6 +59,7 @@ from arena_distill.config import config_dict, field, load_config, save_config  #
 from arena_distill.dist import print0, seed_everything, warn0  # noqa: E402
 from arena_distill.io import (atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text,  # noqa: E402
                               is_done, mark_done, read_done, require, run_stage, StageInputError)
+from arena_distill.readers import check_tokenizer_folder, read_csv  # noqa: E402
 
 EXTRA_ID_BASE = {"33k": 10**12, "ut": 2 * 10**12}
 SCHEMA = pa.schema([("id", pa.int64()), ("swap", pa.bool_()), ("label", pa.int8()),
@@ -94,6 +95,8 @@ class PrepareConfig:
     swap_augment: bool = field(True, help="add an A/B-swapped copy of every training row (label 0<->1)")
     bad_json: Literal["error", "repair"] = field("repair", help="non-JSON text cell: error, or keep the raw "
                                                  "text as one turn (counted in the report)")
+    encoding: str = field("utf-8-sig", help="text encoding of the CSVs: UTF-8 (a byte-order mark dropped); set e.g. "
+                                            "cp1252 for a file a spreadsheet saved (bytes are never replaced)")
     force: bool = field(False, help="rebuild outputs that are already done")
 
     def __post_init__(self) -> None:
@@ -114,7 +117,7 @@ class PrepareConfig:
 # Settings that change the outputs: a done folder made with other values is stale.
 FINGERPRINT_KEYS = ("seed", "n_folds", "train_csv", "extra_33k_csv", "extra_ut_csv", "use_33k", "use_ut",
                     "ut_in_folds", "max_length", "prompt_max_tokens", "prompt_max_words", "response_max_words",
-                    "truncation_side", "swap_augment", "bad_json")
+                    "truncation_side", "swap_augment", "bad_json", "encoding")
 
 
 FINGERPRINT_FILE = "prepare_fingerprint.json"  # its own file: later stages may rewrite DONE.json/config.yaml
@@ -161,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = {src: p for src, p in paths.items() if p is not None and p not in extra_missing}
     for src, path in paths.items():
         repairs[src] = Counter()
-        sources[src] = at.read_arena_csv(path, kind="train", bad_json=cfg.bad_json, repairs=repairs[src])
+        sources[src] = at.read_arena_csv(path, kind="train", bad_json=cfg.bad_json, repairs=repairs[src],
+                                         encoding=cfg.encoding)
     train = sources["train"]
     rows_in = {src: len(df) for src, df in sources.items()}
     fingerprint["rows_in"] = rows_in  # which sources were used, and how many rows each had
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = pd.factorize(train["prompt"] + "\x00" + train["response_a"] + "\x00" + train["response_b"])[0]
     folds_path = Path(cfg.folds_csv)
     if folds_path.exists():
-        folds = pd.read_csv(folds_path)
+        folds = read_csv(folds_path, fix=f"delete {folds_path} and re-run this stage")
         if list(folds.columns) != ["id", "fold"]:
             raise StageInputError(f"{folds_path}: expected columns ['id', 'fold'], got {list(folds.columns)}")
         missing = set(train["id"]) - set(folds["id"])
@@ -244,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import AutoTokenizer
 
         t0 = time.perf_counter()
+        check_tokenizer_folder(Path(cfg.model_dir) / name)  # a corrupt tokenizer file: named, exit 2
         tok = AutoTokenizer.from_pretrained(str(Path(cfg.model_dir) / name))
         data = pd.concat(fold_source + ([sources["ut"].assign(source="ut")] if write_ut and not cfg.ut_in_folds
                                         else []), ignore_index=True)

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from arena_distill import config as C
@@ -37,6 +36,7 @@ from arena_distill.models import add_lora, describe, load_classifier, load_token
 from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
                                        grad_accum_for, load_checkpoint, make_accelerator, promote_files,
                                        save_adapter, save_checkpoint, truncate_log)
+from arena_distill.readers import read_parquet
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
            f"micro_batch={cfg.micro_batch} accum={accum} global_batch={cfg.global_batch} seed={seed}")
 
     # -------------------------------------------------------------------------------------------- data
-    train = pd.read_parquet(require(data_dir / "train.parquet", "sh run_data.sh"))
+    train = read_parquet(require(data_dir / "train.parquet", "sh run_data.sh"), fix="re-run: sh run_data.sh")
     train_ids, train_labels = train["input_ids"].tolist(), train["label"].to_numpy(np.int64)
     micro_per_epoch = (len(train) // cfg.micro_batch) // (accum * world) * (accum * world)
     steps_per_epoch = micro_per_epoch // (accum * world)

@@ -28,7 +28,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from arena_distill import config as C
 from arena_distill.dist import is_main, pick_device, print0, rank, world_size
 from arena_distill.io import (atomic_write_json, atomic_write_parquet, require, require_done, run_stage,
@@ -36,6 +35,7 @@ from arena_distill.io import (atomic_write_json, atomic_write_parquet, require, 
 from arena_distill.metrics import classification_metrics
 from arena_distill.models import load_classifier, load_peft, load_tokenizer, model_folder, warn_if_cpu_quant
 from arena_distill.scoring import score_classifier
+from arena_distill.readers import read_csv, read_parquet
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -75,10 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
     # -------------------------------------------------------------------------------------------- data
     data_dir = require_done(Path(cfg.processed_dir) / f"{cfg.model}fold{cfg.fold}", "sh run_data.sh",
                             what="processed fold data")
-    rows = pd.read_parquet(data_dir / "train.parquet", columns=["source", "id", "swap", "input_ids", "label"])
+    rows = read_parquet(data_dir / "train.parquet", columns=["source", "id", "swap", "input_ids", "label"])
     scorer = np.full(len(rows), cfg.fold, dtype=np.int64)
     if cfg.mode == "oof":
-        folds = pd.read_csv(require(cfg.folds_csv, "sh run_data.sh"))
+        folds = read_csv(require(cfg.folds_csv, "sh run_data.sh"), fix="re-run: sh run_data.sh")
         fold_of = dict(zip(folds["id"].to_numpy(), folds["fold"].to_numpy()))
         is_train = (rows["source"] == "train").to_numpy()
         scorer[is_train] = rows.loc[is_train, "id"].map(fold_of).to_numpy()

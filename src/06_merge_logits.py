@@ -19,12 +19,12 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from arena_distill import config as C
 from arena_distill.dist import print0
 from arena_distill.io import (atomic_write_json, atomic_write_parquet, require, require_done, run_stage,
                               StageInputError)
+from arena_distill.readers import read_json, read_parquet
 
 KEYS = ["source", "id", "swap"]
 
@@ -60,17 +60,15 @@ def main(argv: list[str] | None = None) -> dict:
                           what=f"logits of teacher {t}") for t in cfg.teachers}
     signatures = [_signature(p) for p in sources.values()]
     if record_file.is_file() and not cfg.force:
-        import json
-
-        if json.loads(record_file.read_text()).get("inputs") == signatures:
+        if read_json(record_file).get("inputs") == signatures:
             print0(f"[merge_logits] {train_file} already has these teachers' logits; skipping (force=true to redo)")
             return {"skipped": True}
 
     # ------------------------------------------------------------------------------------------- merge
-    train = pd.read_parquet(train_file)
+    train = read_parquet(train_file, fix="re-run: sh run_data.sh")
     train = train.drop(columns=[c for c in train.columns if c.startswith("logits_")])
     for teacher, path in sources.items():
-        table = pd.read_parquet(path)
+        table = read_parquet(path, fix=f"re-run: python src/05_teacher_logits.py model={teacher} fold={cfg.fold}")
         missing_cols = [c for c in (*KEYS, "logit_0", "logit_1", "logit_2") if c not in table.columns]
         if missing_cols:
             raise StageInputError(f"{path}: missing columns {missing_cols}")

@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from accelerate.utils import gather_object
@@ -51,6 +50,7 @@ from arena_distill.scoring import score_classifier
 from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
                                        grad_accum_for, load_checkpoint, make_accelerator, promote_files,
                                        save_adapter, save_checkpoint, truncate_log)
+from arena_distill.readers import read_parquet
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -111,15 +111,15 @@ def main(argv: list[str] | None = None) -> dict:
            f"micro_batch={cfg.micro_batch} accum={accum} global_batch={cfg.global_batch} seed={seed}")
 
     # -------------------------------------------------------------------------------------------- data
-    train = pd.read_parquet(require(data_dir / "train.parquet", "sh run_data.sh"))
-    dev = pd.read_parquet(require(data_dir / "dev.parquet", "sh run_data.sh"))
+    train = read_parquet(require(data_dir / "train.parquet", "sh run_data.sh"), fix="re-run: sh run_data.sh")
+    dev = read_parquet(require(data_dir / "dev.parquet", "sh run_data.sh"), fix="re-run: sh run_data.sh")
     train_ids, train_labels = train["input_ids"].tolist(), train["label"].to_numpy(np.int64)
     dev_ids, dev_labels = dev["input_ids"].tolist(), dev["label"].to_numpy(np.int64)
     teacher_logits = []
     for name in cfg.teachers:
         column = f"logits_{name}"
         if column not in train.columns:
-            raise StageInputError(f"{data_dir}/train.parquet has no column {column}\n  -> run first: "
+            raise StageInputError(f"{data_dir}/train.parquet has no column {column} -> run first: "
                                   f"python src/05_teacher_logits.py model={name} fold={cfg.fold} && "
                                   f"python src/06_merge_logits.py fold={cfg.fold}  (or sh run_pipeline.sh {cfg.fold})")
         values = np.stack(train[column].to_numpy()).astype(np.float32)
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {}
     if is_main():
         promote_files(out / "best", out)  # the best adapter is the stage's result, at the top level
-        rows = pd.read_parquet(data_dir / "train.parquet", columns=["label"])["label"]
+        rows = read_parquet(data_dir / "train.parquet", columns=["label"])["label"]
         summary = {"model": cfg.student, "fold": cfg.fold, "valid_log_loss": best["valid_log_loss"],
                    "valid_accuracy": best["valid_accuracy"], "best_step": best["step"], "n_valid": len(dev),
                    "n_train": len(train), "prior_log_loss": prior_log_loss(rows, dev_labels),

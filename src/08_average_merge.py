@@ -30,7 +30,6 @@ merge first, then quantize with stage 9).
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 import time
@@ -50,6 +49,7 @@ from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done,
 from arena_distill.metrics import accuracy, log_loss  # noqa: E402
 from arena_distill.models import check_not_quantized, load_classifier, load_peft, load_tokenizer  # noqa: E402
 from arena_distill.metrics import softmax  # noqa: E402
+from arena_distill.readers import check_adapter_folder, read_json, read_parquet  # noqa: E402
 from arena_distill.scoring import score_classifier  # noqa: E402
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -93,7 +93,8 @@ def load_fold_adapters(fold_dirs: list[Path]) -> tuple[list[dict[str, torch.Tens
 
     states, configs = [], []
     for d in fold_dirs:
-        configs.append(json.loads((d / "adapter_config.json").read_text(encoding="utf-8")))
+        check_adapter_folder(d)  # a corrupt config / truncated adapter file: named, not a traceback
+        configs.append(read_json(d / "adapter_config.json"))
         states.append(load_file(str(d / ADAPTER_FILE)))
     keys = ("r", "lora_alpha", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "fan_in_fan_out")
     for d, cfg, st in zip(fold_dirs[1:], configs[1:], states[1:]):
@@ -149,7 +150,7 @@ def apply_delta_difference(model, states: list[dict[str, torch.Tensor]], layers:
 
 def base_dtype(base: Path) -> torch.dtype:
     """The dtype the base checkpoint was saved in (bf16 for the real Gemma2-9b, fp32 for the tiny models)."""
-    saved = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    saved = read_json(base / "config.json")
     name = saved.get("dtype") or saved.get("torch_dtype") or "float32"
     return getattr(torch, str(name).replace("torch.", ""), torch.float32)
 
@@ -159,7 +160,7 @@ def heldout_rows(cfg: AverageConfig, folds: list[int]) -> pd.DataFrame | None:
     for k in folds:
         path = Path(cfg.processed_dir) / f"{cfg.student}fold{k}" / "dev.parquet"
         if path.is_file():
-            frames.append(pd.read_parquet(path, columns=["id", "label", "input_ids"]).assign(fold=k))
+            frames.append(read_parquet(path, columns=["id", "label", "input_ids"]).assign(fold=k))
     if not frames or cfg.eval_rows <= 0:
         return None
     dev = pd.concat(frames, ignore_index=True)
@@ -183,8 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(cfg.seed)
     folds = cfg.folds or [k for k in range(cfg.n_folds) if is_done(Path(cfg.save_dir) / f"{cfg.student}fold{k}")]
     if not folds:
-        raise StageInputError(f"no finished student fold in {cfg.save_dir}/{cfg.student}fold<k>/ (DONE.json)\n"
-                              "  -> run first: sh run_pipeline.sh 0  (and the other folds)")
+        raise StageInputError(f"no finished student fold in {cfg.save_dir}/{cfg.student}fold<k>/ (DONE.json)"
+                              " -> run first: sh run_pipeline.sh 0  (and the other folds)")
     if not cfg.folds and len(folds) < cfg.n_folds:
         warn0(f"only folds {folds} of {cfg.n_folds} are finished: averaging those (run sh run_pipeline.sh <k> for "
               "the others, then FORCE=1 sh run_final.sh)")
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         if bases:
             raise StageInputError(f"fold adapters name different base models {sorted(bases)}: set base_model=...")
     if not (base / "config.json").is_file():
-        raise StageInputError(f"base model {base} not found (config.json missing)\n  -> run first: sh run_data.sh "
+        raise StageInputError(f"base model {base} not found (config.json missing) -> run first: sh run_data.sh "
                               "(tiny profile) or download the checkpoint into model_path/")
     check_not_quantized(base)
     device = torch.device("cuda", 0) if cfg.device == "auto" and torch.cuda.is_available() else (

@@ -47,6 +47,7 @@ from arena_distill.models import load_tokenizer  # noqa: E402
 from arena_distill.metrics import softmax  # noqa: E402
 from arena_distill.predict import load_for_prediction  # noqa: E402
 from arena_distill.scoring import score_classifier  # noqa: E402
+from arena_distill.readers import read_parquet  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -87,7 +88,7 @@ def held_out(cfg: QuantizeConfig, train: pd.DataFrame | None, calibration_ids: s
              max_length: int) -> tuple[pd.DataFrame | None, str]:
     """Held-out rows with ``input_ids`` and ``label``: the student's dev folds, else train.csv rows that
     were not used for calibration."""
-    frames = [pd.read_parquet(p, columns=["id", "label", "input_ids"])
+    frames = [read_parquet(p, columns=["id", "label", "input_ids"])
               for k in range(cfg.n_folds)
               if (p := Path(cfg.processed_dir) / f"{cfg.student}fold{k}" / "dev.parquet").is_file()]
     if frames:
@@ -147,9 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [p for k in range(cfg.n_folds)
                 if (p := Path(cfg.processed_dir) / f"{cfg.student}fold{k}" / "train.parquet").is_file()]
         if not rows:
-            raise StageInputError(f"no calibration texts: {calib_csv} is missing and no processed train data\n"
-                                  "  -> run first: sh run_data.sh (or set calibration_csv=...)")
-        frame = pd.read_parquet(rows[0], columns=["id", "input_ids"])
+            raise StageInputError(f"no calibration texts: {calib_csv} is missing and no processed train data"
+                                  " -> run first: sh run_data.sh (or set calibration_csv=...)")
+        frame = read_parquet(rows[0], columns=["id", "input_ids"])
         frame = frame.sample(n=min(cfg.n_calibration, len(frame)), random_state=cfg.seed)
         calibration, calibration_ids, calib_source = [list(x) for x in frame["input_ids"]], set(), str(rows[0])
         warn0(f"{calib_csv} missing: calibrating on {rows[0]} rows (training max length)")

@@ -17,7 +17,6 @@ nothing at all to report. Cheap and always regenerated (no DONE.json skip).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -26,12 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from arena_distill import config as C  # noqa: E402
 from arena_distill.io import atomic_path, atomic_write_text, run_stage, StageInputError  # noqa: E402
 from arena_distill.metrics import cv_table, expected_calibration_error, log_loss, reliability_bins  # noqa: E402
 from arena_distill.dist import print0  # noqa: E402
+from arena_distill import readers  # noqa: E402
 
 CLASS_NAMES = ("A wins", "B wins", "tie")
 
@@ -53,7 +52,7 @@ class ReportConfig:
 
 
 def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return readers.read_json(path) if path.is_file() else None
 
 
 def fmt(x, digits: int = 4) -> str:
@@ -140,14 +139,14 @@ def main(argv: list[str] | None = None) -> str:
                   "per-fold table above is the CV estimate.", ""]
         pred_path = merged / "heldout_predictions.parquet"
         if pred_path.is_file():
-            preds = pd.read_parquet(pred_path)
+            preds = readers.read_parquet(pred_path)
     else:
         lines += [f"Missing {merged}/average_report.json -> run `python src/08_average_merge.py` "
                   "(or `sh run_final.sh`).", ""]
 
     truth_path = Path(cfg.data_dir) / "truth.csv"
     if preds is not None and truth_path.is_file():
-        truth = pd.read_csv(truth_path).drop_duplicates("id").set_index("id")
+        truth = readers.read_csv(truth_path).drop_duplicates("id").set_index("id")
         if {"p_a", "p_b", "p_tie"} <= set(truth.columns) and preds["id"].isin(truth.index).all():
             best = log_loss(truth.loc[preds["id"], ["p_a", "p_b", "p_tie"]].to_numpy(), preds["label"].to_numpy())
             lines += [f"Sample data: the generator's true probabilities score **{best:.4f}** on these rows, the "
@@ -206,8 +205,8 @@ def main(argv: list[str] | None = None) -> str:
         lines += ["No held-out predictions yet (stage 8 writes them) -> no reliability diagram.", ""]
 
     if found == 0:
-        raise StageInputError("nothing to report: no fold metrics, no merged or quantized model\n"
-                              "  -> run first: sh run_pipeline.sh <fold> for each fold, then sh run_final.sh")
+        raise StageInputError("nothing to report: no fold metrics, no merged or quantized model"
+                              " -> run first: sh run_pipeline.sh <fold> for each fold, then sh run_final.sh")
     text = "\n".join(lines)
     atomic_write_text(out, text)
     print0(f"[report] wrote {out}" + (f" and {png}" if png.is_file() else ""))

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     # -------------------------------------------------------------------------------------------- data
     data_file, problem_range = data_for_split(cfg)
     if not Path(data_file).is_file():
-        raise StageInputError(f"missing data file: {data_file}\n  -> copy ../shared/data/tianchi_logic/"
+        raise StageInputError(f"missing data file: {data_file} -> copy ../shared/data/tianchi_logic/"
                               f"{Path(data_file).name} into {Path(data_file).parent}/ (see data/README.md)")
     data = select_problems(read_logic_data(data_file, on_error=cfg.on_bad_line), problem_range)  # type: ignore[arg-type]
     if not data.problems:

@@ -45,6 +45,7 @@ from arena_distill.models import add_lora, describe, load_causal_lm, load_tokeni
 from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
                                        grad_accum_for, load_checkpoint, make_accelerator, promote_files,
                                        save_adapter, save_checkpoint, truncate_log)
+from arena_distill.readers import read_json
 
 IGNORE = -100
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
            f"accum={accum} global_batch={cfg.global_batch} seed={seed}")
 
     # -------------------------------------------------------------------------------------------- data
-    rows = json.loads((reflect / "sft.json").read_text(encoding="utf-8"))
+    rows = read_json(reflect / "sft.json", fix="re-run src/21_logic_reflect.py, which writes it")
     tokenizer = load_tokenizer(base)
     if cfg.template == "llama3_factory":
         try:

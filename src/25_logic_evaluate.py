@@ -37,6 +37,7 @@ from arena_distill.io import (atomic_write_json, atomic_write_jsonl, atomic_writ
                               require_done, run_stage, StageInputError)
 from arena_distill.logic_text import LogicDataError, answer_file_rows, choose_predictions, read_generations, \
     read_logic_data, score, select_problems
+from arena_distill.readers import read_json
 
 HEADLINE = ("n_questions", "n_answered", "n_correct", "accuracy")
 
@@ -70,7 +71,7 @@ class EvaluateConfig:
 def eval_table(logic_dir: Path) -> str:
     lines = ["| run | eval | questions | answered | correct | accuracy |", "|---|---|---|---|---|---|"]
     for m in sorted(logic_dir.glob("*/eval*/metrics.json")):
-        d = json.loads(m.read_text(encoding="utf-8"))
+        d = read_json(m)
         acc = "-" if d["accuracy"] is None else f"{d['accuracy']:.4f}"
         lines.append(f"| {m.parent.parent.name} | {m.parent.name} | {d['n_questions']} | {d['n_answered']} | "
                      f"{d['n_correct'] if d['n_correct'] is not None else '-'} | {acc} |")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         gen_path = Path(cfg.generations)
         out = Path(cfg.out_dir or gen_path.parent / suffix)
     if is_done(out) and not cfg.force:
-        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        metrics = read_json(out / "metrics.json", fix="re-run with force=true")
         print(f"[logic_evaluate] {out} is done (force=true to recompute)", file=sys.stderr)
         print(json.dumps({k: metrics[k] for k in HEADLINE}), flush=True)
         return metrics

@@ -20,11 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 
 from arena_distill.predict import validate_submission  # noqa: E402
+from arena_distill.readers import FileFormatError, read_csv  # noqa: E402
 
 
 def read_test_ids(path: str | Path) -> list[int]:
     """Only the id column of a Kaggle test CSV (the text columns may be huge)."""
-    ids = pd.read_csv(path, usecols=["id"], dtype=str, keep_default_na=False)["id"]
+    ids = read_csv(path, usecols=["id"], dtype=str, keep_default_na=False)["id"]
     num = pd.to_numeric(ids.str.strip(), errors="coerce")
     if num.isna().any():
         row = int(num.isna().to_numpy().nonzero()[0][0])
@@ -38,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", default=None, help="Kaggle test.csv whose ids the submission must cover, in order")
     args = parser.parse_args(argv)
     try:
-        df = pd.read_csv(args.submission, dtype={"id": str}, keep_default_na=True)
+        df = read_csv(args.submission, dtype={"id": str}, keep_default_na=True)
         test_ids = read_test_ids(args.test) if args.test else None
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+    except (OSError, ValueError, FileFormatError) as exc:  # FileFormatError: empty, cut, not UTF-8, ...
         print(f"INVALID: cannot read input: {exc}", file=sys.stderr)
         return 1
     errors = validate_submission(df, test_ids)

@@ -233,8 +233,8 @@ def test_non_json_repair_is_counted_not_dropped(tmp_path: Path, stage, sample_fi
 
 
 @pytest.mark.parametrize("what, pattern", [
-    ("train", r"missing train file: .*train\.csv\n  -> run first: python src/00_make_sample_data\.py"),
-    ("tokenizer", r"missing tokenizer of model 'tiny_gemma2'.*\n  -> run first: python src/01_build_tiny_models\.py"),
+    ("train", r"missing train file: .*train\.csv -> run first: python src/00_make_sample_data\.py"),
+    ("tokenizer", r"missing tokenizer of model 'tiny_gemma2'.* -> run first: python src/01_build_tiny_models\.py"),
 ])
 def test_missing_inputs_say_what_to_run(tmp_path: Path, stage, sample_files, tiny_models_root, what, pattern) -> None:
     models = tmp_path / "models"

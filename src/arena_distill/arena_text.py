@@ -39,6 +39,8 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
+from .io import StageInputError
+
 # --------------------------------------------------------------------------------------------------
 # Template: one place, tested byte for byte. The pieces are what encode_batch tokenizes once.
 
@@ -69,7 +71,7 @@ MIN_RESPONSE_TOKENS = 16
 CHARS_PER_TOKEN_GUARD = 16
 
 
-class ArenaParseError(ValueError):
+class ArenaParseError(StageInputError, ValueError):
     """A cell or row that cannot be used; the message names the file, the row id and the column."""
 
 
@@ -199,19 +201,24 @@ def labels_from_onehot(df: "Any", *, file: str) -> np.ndarray:
 # Reading a Kaggle-format CSV
 
 def read_arena_csv(path: "Any", *, kind: Literal["train", "test"], bad_json: Literal["error", "repair"] = "error",
-                   repairs: Repairs | None = None) -> "Any":
+                   repairs: Repairs | None = None, encoding: str = "utf-8-sig") -> "Any":
     """Read and validate a Kaggle-format CSV; return a DataFrame with ``id`` (int64), parsed and joined
     ``prompt``/``response_a``/``response_b`` text, ``n_turns`` and, for ``kind="train"``, ``label``.
 
     Errors (``ArenaParseError``) name the file, the row id and the column: missing column, bad id,
-    duplicate id, non-JSON cell (unless ``bad_json="repair"``), bad one-hot label.
+    duplicate id, non-JSON cell (unless ``bad_json="repair"``), bad one-hot label; and whole-file ones
+    (``readers.FileFormatError``): empty, header only, bytes that are not ``encoding``, a cut-off file.
     """
     import pandas as pd
+
+    from .readers import read_csv
 
     file = str(path)
     # Text as str and no NA guessing: a cell reading "null" or "NA" is text to parse, not a float NaN.
     # utf-8-sig: a byte-order mark (files saved by Excel) would otherwise rename the first column.
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8-sig")
+    # Whole-file problems (empty, header only, not UTF-8, cut off) are one-line errors too (readers.read_csv).
+    df = read_csv(path, dtype=str, keep_default_na=False, na_values=[], encoding=encoding,
+                  encoding_key="encoding", fix="re-download the file (or re-export it from the source as UTF-8 CSV)")
     need = TRAIN_COLUMNS if kind == "train" else TEST_COLUMNS
     missing = [c for c in need if c not in df.columns]
     if missing:

@@ -146,7 +146,13 @@ def read_profile(path: str | os.PathLike) -> dict[str, dict]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    from .io import StageInputError
+    from .readers import read_yaml
+
+    try:  # a syntax error or a non-UTF-8 byte: one line with the place, not a yaml traceback
+        data = read_yaml(p, fix="fix the YAML there (or pass --config with another profile)") or {}
+    except StageInputError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections")
     for name, section in data.items():
@@ -232,7 +238,14 @@ def save_config(cfg: Any, out_dir: str | os.PathLike, name: str = "config.yaml",
 
 def read_saved_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read back a config saved by ``save_config`` (later stages find e.g. the base model this way)."""
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    from .readers import read_yaml
+
+    data = read_yaml(path, fix="re-run the stage that wrote it")
+    if not isinstance(data, dict):
+        from .readers import FileFormatError
+
+        raise FileFormatError(f"{path}: not a saved config (a YAML mapping) -> re-run the stage that wrote it")
+    return data
 
 
 def _cli(argv: list[str]) -> int:

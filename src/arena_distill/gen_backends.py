@@ -20,7 +20,6 @@ index); vLLM gets ``seed + i * n`` for prompt i, so re-runs give the same texts 
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -31,6 +30,7 @@ from typing import Any, Literal, Protocol
 
 from .config import field
 from .dist import print0, warn0
+from .readers import read_json
 
 BackendName = Literal["hf", "vllm_offline", "vllm_server", "auto"]
 VLLM_MISSING = ("vLLM is not installed in this environment. It is an optional GPU dependency: "
@@ -88,15 +88,15 @@ def resolve_model_path(model: str, model_dir: str) -> Path:
         return q
     from .io import StageInputError
 
-    raise StageInputError(f"model {model!r} not found (looked for {p}/config.json and {q}/config.json)\n"
-                          f"  -> for the tiny profile run first: python src/01_build_tiny_models.py")
+    raise StageInputError(f"model {model!r} not found (looked for {p}/config.json and {q}/config.json)"
+                          f" -> for the tiny profile run first: python src/01_build_tiny_models.py")
 
 
 def quant_bits(model_path: str | os.PathLike) -> int | None:
     cfg = Path(model_path) / "config.json"
     if not cfg.is_file():
         return None
-    q = json.loads(cfg.read_text()).get("quantization_config")
+    q = read_json(cfg).get("quantization_config")
     return int(q.get("bits")) if isinstance(q, dict) and q.get("bits") else None
 
 

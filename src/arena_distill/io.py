@@ -112,15 +112,10 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise StageInputError(f"{path}: line {lineno} is not valid JSON: {exc}") from None
-    return out
+    """JSON lines; a bad line or a non-UTF-8 byte is a one-line error (see ``readers``)."""
+    from .readers import read_jsonl as _read_jsonl
+
+    return _read_jsonl(path, allow_empty=True)
 
 
 def mark_done(out_dir: str | os.PathLike, **info: Any) -> Path:
@@ -140,7 +135,7 @@ def require(path: str | os.PathLike, run_first: str, what: str = "input") -> Pat
     """Fail with a message naming the missing path and the command that produces it."""
     p = Path(path)
     if not p.exists():
-        raise StageInputError(f"missing {what}: {p}\n  -> run first: {run_first}")
+        raise StageInputError(f"missing {what}: {p} -> run first: {run_first}")
     return p
 
 
@@ -148,7 +143,7 @@ def require_done(out_dir: str | os.PathLike, run_first: str, what: str = "stage 
     p = Path(out_dir)
     if not is_done(p):
         state = "incomplete (no DONE.json: the producing run did not finish)" if p.exists() else "missing"
-        raise StageInputError(f"{what} {state}: {p}\n  -> run first: {run_first}")
+        raise StageInputError(f"{what} {state}: {p} -> run first: {run_first}")
     return p
 
 

@@ -15,6 +15,7 @@ letter list A-G, i.e. it accepted a letter past the last option; ``valid="all"``
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
+
+from .readers import read_text
 
 LETTERS = "ABCDEFG"
 ANSWER_RE = re.compile(r"答案是[:： ,]*([A-G])")
@@ -180,7 +183,8 @@ def read_logic_data(path: str | os.PathLike, *, require_answers: bool = False,
         raise FileNotFoundError(f"logic data file not found: {path}")
     data = LogicData(path=str(path), problems=[])
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
+    # Strict UTF-8 and an empty file is an error (readers.read_text): never a silently empty problem set.
+    with io.StringIO(read_text(path, fix="re-download the file (UTF-8 JSON lines)")) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -250,7 +254,8 @@ def generation_row(p: Problem, qid: int, attempt: int, prompt: str, output: str,
 def read_generations(path: str | os.PathLike) -> list[dict]:
     """Generations JSONL; a bad line raises naming the line. Keys beyond ``GEN_KEYS`` are kept."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
+    # Strict UTF-8; an empty file is an error (it would score as 0 answered, silently).
+    with io.StringIO(read_text(path, fix="re-run src/20_logic_answer.py, which writes it")) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue

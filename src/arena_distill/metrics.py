@@ -1,12 +1,13 @@
 """Log loss (the Kaggle metric), accuracy, CV tables and a reliability diagram."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from .readers import read_json
 
 EPS = 1e-15  # Kaggle's sklearn log_loss clipping
 
@@ -52,7 +53,7 @@ def cv_table(save_dir: str | os.PathLike, model_names: Sequence[str], n_folds: i
         for k in range(n_folds):
             path = Path(save_dir) / f"{name}fold{k}" / "metrics.json"
             if path.is_file():
-                m = json.loads(path.read_text())
+                m = read_json(path)
                 values.append(m["valid_log_loss"])
                 cells.append(f"{m['valid_log_loss']:.4f} ({m['valid_accuracy']:.3f})")
             else:

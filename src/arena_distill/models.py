@@ -15,6 +15,8 @@ import torch
 
 from .dist import pick_device, pick_dtype, warn0
 from .io import StageInputError
+from .readers import (check_adapter_folder, check_model_folder, check_safetensors, check_tokenizer_folder, loading,
+                      read_json)
 
 # Keep imports of transformers/peft quiet and offline: nothing may be fetched from a hub here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,8 +31,8 @@ def model_folder(model_dir: str | os.PathLike, name: str, run_first: str = "sh r
     path = Path(model_dir) / name
     if not (path / "config.json").is_file():
         raise StageInputError(
-            f"model '{name}' not found: {path}/config.json is missing\n"
-            f"  -> put the checkpoint there (see model_path/README.md), or for the tiny profile run first: "
+            f"model '{name}' not found: {path}/config.json is missing"
+            f" -> put the checkpoint there (see model_path/README.md), or for the tiny profile run first: "
             f"{run_first}")
     return path
 
@@ -38,7 +40,9 @@ def model_folder(model_dir: str | os.PathLike, name: str, run_first: str = "sh r
 def load_tokenizer(path: str | os.PathLike, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path))
+    check_tokenizer_folder(path)  # a missing/corrupt file is named, not a transformers traceback
+    with loading(path, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token_id is None:
         # Llama-3 ships no pad token; reuse EOS (the classifier pools the last non-pad position, and
         # attention masks hide the padding), as the seed does.
@@ -85,8 +89,10 @@ def load_classifier(path: str | os.PathLike, *, num_labels: int = 3, dtype: str 
     from transformers import AutoModelForSequenceClassification
 
     torch_dtype = pick_dtype(dtype) if isinstance(dtype, str) else dtype
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), num_labels=num_labels, **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
+    check_model_folder(path)  # missing config / truncated weights: named, not a safetensors traceback
+    with loading(path):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=num_labels, **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
     if pad_token_id is not None:
         # The classifier pools the last non-pad token: it must know which id is padding.
         model.config.pad_token_id = pad_token_id
@@ -98,8 +104,10 @@ def load_causal_lm(path: str | os.PathLike, *, dtype: str | torch.dtype = "auto"
     from transformers import AutoModelForCausalLM
 
     torch_dtype = pick_dtype(dtype) if isinstance(dtype, str) else dtype
-    return AutoModelForCausalLM.from_pretrained(
-        str(path), **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
+    check_model_folder(path)
+    with loading(path):
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), **_common_kwargs(torch_dtype, quant, attn_implementation, device_map))
 
 
 def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str] | str,
@@ -129,6 +137,7 @@ def init_lora_from_adapter(peft_model, adapter_dir: str | os.PathLike, drop_head
     file = Path(adapter_dir) / "adapter_model.safetensors"
     if not file.is_file():
         raise StageInputError(f"adapter weights missing: {file}")
+    check_safetensors(file, adapter_dir, fix="re-run the stage that trains it")
     state = load_file(str(file))
     if drop_head:
         # Keep this model's freshly initialised head: peft expects the head keys, so put the current ones.
@@ -146,7 +155,9 @@ def init_lora_from_adapter(peft_model, adapter_dir: str | os.PathLike, drop_head
 def load_peft(model, adapter_dir: str | os.PathLike, trainable: bool = False):
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    check_adapter_folder(adapter_dir)
+    with loading(adapter_dir, "adapter", fix="re-run the stage that trains it"):
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 
 def count_params(model) -> tuple[int, int]:
@@ -166,10 +177,8 @@ def describe(model) -> str:
 
 def check_not_quantized(path: str | os.PathLike) -> None:
     """Merging LoRA into already-quantized weights is lossy/undefined: refuse (LLaMA-Factory does too)."""
-    import json
-
     cfg = Path(path) / "config.json"
-    if cfg.is_file() and "quantization_config" in json.loads(cfg.read_text()):
+    if cfg.is_file() and "quantization_config" in read_json(cfg):
         raise StageInputError(f"{path} is a quantized checkpoint; merge adapters into the full-precision base "
                               "model, then quantize the merged result")
 

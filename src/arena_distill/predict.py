@@ -239,30 +239,27 @@ def resolve_model_source(source: str, gptq_dir: str | os.PathLike, merged_dir: s
         if (folder / marker).is_file():
             return kind, folder
     tried = ", ".join(f"{k}: {candidates[k][0]}/{candidates[k][1]}" for k in order)
-    raise StageInputError(f"no model to predict with (looked for {tried})\n  -> run first: sh run_final.sh "
+    raise StageInputError(f"no model to predict with (looked for {tried}) -> run first: sh run_final.sh "
                           "(average + merge + quantize), or put the published 8-bit model into the gptq folder")
 
 
 def adapter_base_model(adapter_dir: str | os.PathLike, base_model: str = "") -> Path:
     """The base checkpoint of an adapter: explicit, else ``config.yaml``'s ``base_model`` (written by the
     training stages), else PEFT's ``base_model_name_or_path``."""
-    import json
-
-    import yaml
-
     from .io import StageInputError
+    from .readers import read_json, read_yaml
 
     if base_model:
         return Path(base_model)
     adapter_dir = Path(adapter_dir)
     saved = adapter_dir / "config.yaml"
     if saved.is_file():
-        value = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("base_model")
+        value = (read_yaml(saved, fix="re-run the stage that trained the adapter") or {}).get("base_model")
         if value:
             return Path(value)
     peft_cfg = adapter_dir / "adapter_config.json"
     if peft_cfg.is_file():
-        value = json.loads(peft_cfg.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        value = read_json(peft_cfg, fix="re-run the stage that trained the adapter").get("base_model_name_or_path")
         if value and Path(value).is_dir():
             return Path(value)
     raise StageInputError(f"cannot tell the base model of adapter {adapter_dir}: set base_model=<folder>")

@@ -27,6 +27,7 @@ os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 import torch  # noqa: E402
 
 from .io import StageInputError, atomic_dir  # noqa: E402
+from .readers import read_json  # noqa: E402
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 
@@ -76,7 +77,7 @@ def _check_bits(bits: int, group_size: int) -> None:
 
 def is_quantized(model_dir: str | os.PathLike) -> bool:
     cfg = Path(model_dir) / "config.json"
-    return cfg.is_file() and "quantization_config" in json.loads(cfg.read_text(encoding="utf-8"))
+    return cfg.is_file() and "quantization_config" in read_json(cfg)
 
 
 def _default_device_map() -> Any:
@@ -117,6 +118,9 @@ def quantize_classifier(merged_dir: str | os.PathLike, out_dir: str | os.PathLik
 
         # bf16 where the GPU has it (Gemma2 overflows in fp16), fp16 on T4, fp32 on CPU
         dtype = pick_dtype("auto")
+    from .readers import check_model_folder
+
+    check_model_folder(merged_dir)  # truncated weights: named, not a safetensors traceback
     start = time.perf_counter()
     model = AutoModelForSequenceClassification.from_pretrained(
         str(merged_dir), quantization_config=qconfig, dtype=dtype,
@@ -162,7 +166,7 @@ def quantize_causal_lm(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise StageInputError(f"no model to quantize at {model_dir} (config.json missing)")
     if is_quantized(model_dir):
         raise StageInputError(f"{model_dir} is already quantized; quantize the full-precision merged model")
-    arch = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    arch = read_json(model_dir / "config.json").get("architectures") or []
     if any(a.endswith("ForSequenceClassification") for a in arch):
         raise ValueError(f"{model_dir} is a sequence classifier ({arch[0]}); GPTQModel.load would drop its "
                          "score head: use quantize_classifier")

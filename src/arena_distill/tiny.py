@@ -27,7 +27,6 @@ BPE training is deterministic for the same corpus (same texts in the same order 
 """
 from __future__ import annotations
 
-import json
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -226,26 +225,22 @@ def iter_corpus(paths: Iterable[str | Path], max_chars: int = 0) -> Iterator[str
 
 
 def _iter_file(path: Path) -> Iterator[str]:
-    if path.suffix == ".csv":
-        import pandas as pd
+    from .readers import read_csv, read_jsonl, read_text  # a cut / non-UTF-8 file: one line naming it
 
+    if path.suffix == ".csv":
         cols = ["prompt", "response_a", "response_b"]
-        df = pd.read_csv(path, usecols=lambda c: c in cols)
+        df = read_csv(path, usecols=lambda c: c in cols)
         for row in df.itertuples(index=False):
             for cell in row:
                 yield from _texts_from_cell(cell)
     elif path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                if rec.get("problem"):
-                    yield rec["problem"]
-                for q in rec.get("questions", []):
-                    yield "\n".join([q.get("question", ""), *map(str, q.get("options", []))])
+        for rec in read_jsonl(path):
+            if rec.get("problem"):
+                yield rec["problem"]
+            for q in rec.get("questions", []):
+                yield "\n".join([q.get("question", ""), *map(str, q.get("options", []))])
     else:
-        yield path.read_text(encoding="utf-8")
+        yield read_text(path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ those batches again in fp32 (the CPU safe dtype), give the fp32 result for them,
 weights bit-identical, and stop with an error naming the rows when asked to or when the safe pass fails."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -58,8 +60,9 @@ def test_nonfinite_batches_rescored_in_fp32(fp16_model) -> None:
     assert all(after[k].dtype is torch.float16 and torch.equal(after[k], v) for k, v in before.items()
                if v.is_floating_point())
     # rescored rows = the same weights in fp32; the other rows = the plain fp16 result
-    fp32 = {i: fp16_model.float()(input_ids=torch.tensor([rows[i]])).logits[0].detach().numpy() for i in range(12)}
-    fp16_model.half()
+    # (a copy: .float()/.half() on the shared model would leave its fp32 rotary buffer in fp16)
+    ref = copy.deepcopy(fp16_model).float()
+    fp32 = {i: ref(input_ids=torch.tensor([rows[i]])).logits[0].detach().numpy() for i in range(12)}
     rescored = {int(i) for b in overflowing for i in b}
     for i in idx:
         if i in rescored:

@@ -47,7 +47,7 @@ class Hardware:
     gib: float             # usable memory per GPU (what torch can allocate)
     tflops: float          # dense tensor-core peak per GPU in the dtype the rule picks (bf16, fp16 on T4)
     hbm_tbs: float         # memory bandwidth per GPU, TB/s (decode-bound generation)
-    capability: tuple[int, int]
+    capability: tuple[int, int] | None   # None: CPU (fp32)
 
 
 HARDWARE = {h.name: h for h in (
@@ -56,6 +56,7 @@ HARDWARE = {h.name: h for h in (
     Hardware("1xH100-80GB", 1, 79.1, 989.0, 3.35, (9, 0)),
     Hardware("1x24GB", 1, 23.5, 70.0, 0.6, (8, 6)),        # A10G-class (RTX 3090/4090, L4 are faster)
     Hardware("2xT4-16GB", 2, 14.6, 65.0, 0.32, (7, 5)),    # Kaggle: 14.6 GiB usable of 15 GiB
+    Hardware("cpu-16GB", 1, 16.0, 1.0, 0.05, None),        # the tiny CPU profile (2 cores: ~1 TFLOPS is generous)
 )}
 
 # What each shipped profile is for: (its machine, the stages it plans). tiny.yaml is the CPU twin; its
@@ -66,6 +67,7 @@ PROFILES = {
     "1x80gb.yaml": ("1xH100-80GB", LMSYS_TRAIN + ["logic_sft", "logic_eval"]),
     "1x24gb.yaml": ("1x24GB", ["distill", "predict"]),
     "kaggle_2xt4.yaml": ("2xT4-16GB", ["predict"]),
+    "tiny.yaml": ("cpu-16GB", LMSYS_TRAIN + ["logic_sft"]),   # needs the tiny models (stage 1): --model-dir
 }
 
 # Data sizes the plan assumes (the data stage reports the real ones in data/processed_data/report.md).
@@ -141,17 +143,18 @@ def build_on_meta(name: str, model_dir: str, task: str, lora: dict | None) -> di
 # ---------------------------------------------------------------------------------------- memory
 
 
-def weight_bytes(arch: dict, quant: str, bits: int | None = None, group_size: int = 128) -> float:
+def weight_bytes(arch: dict, quant: str, bits: int | None = None, group_size: int = 128,
+                 dense_bytes: int = 2) -> float:
     """Frozen weights: decoder-block linears at the quantized width, the rest (embeddings, norms, head) in 16 bit.
     nf4 + double quant: 4 bits + 8-bit absmax per 64 + fp32 per 256 of those = 4.127 bits.
     GPTQ: bits + fp16 scale and packed zero per group."""
-    per = {"nf4": 4.127, "int8": 8.0 + 32 / 64 / 8, "": 16.0}
+    per = {"nf4": 4.127, "int8": 8.0 + 32 / 64 / 8, "": 8.0 * dense_bytes}
     if quant == "gptq":
         lin_bits = bits + (16 + bits) / group_size
     else:
         lin_bits = per[quant]
     lin = arch["linear_in_blocks"]
-    return lin * lin_bits / 8 + (arch["total"] - lin) * 2
+    return lin * lin_bits / 8 + (arch["total"] - lin) * dense_bytes
 
 
 def model_state_bytes(trainable: int, zero: int, n_gpus: int, largest: int = 0) -> float:
@@ -249,9 +252,10 @@ def plan_training(stage: str, model: str, task: str, s: dict, hw: Hardware, *, r
     p = StagePlan(stage, model, total=arch["total"], trainable=arch["trainable"])
     micro = int(s.get("micro_batch", 1))
     ckpt = bool(s.get("gradient_checkpointing", True))
-    act_bytes = 4 if fp32_head else 2  # peft's k-bit upcast makes the residual stream fp32
+    # peft's k-bit upcast makes the residual stream fp32; so does a CPU (fp32) run
+    act_bytes = 4 if fp32_head or hw.capability is None else 2
     tokens_mb = micro * max_length
-    p.weights_gib = weight_bytes(arch, quant) / GIB
+    p.weights_gib = weight_bytes(arch, quant, dense_bytes=act_bytes if not fp32_head else 2) / GIB
     if fp32_head:
         p.weights_gib += (arch["total"] - arch["linear_in_blocks"]) * 2 / GIB
     p.states_gib = model_state_bytes(arch["trainable"], zero, hw.n_gpus, arch["largest_trainable"]) / GIB
@@ -288,7 +292,7 @@ def plan_scoring(stage: str, model: str, hw: Hardware, *, rows: int, length: int
     act_bytes = 4 if dtype is torch.float32 else 2
     batch_rows = max(1, min(batch_size, max_tokens // length)) if max_tokens else batch_size
     tokens_b = batch_rows * length
-    p.weights_gib = weight_bytes(arch, quant, bits) / GIB
+    p.weights_gib = weight_bytes(arch, quant, bits, dense_bytes=act_bytes) / GIB
     # No backward: only one phase of one layer is alive at a time. Peak = residual in/out + the larger of
     # the MLP phase (gate, up, product) and the attention phase (q, k, v, output + eager scores).
     h, mlp = arch["hidden"], arch["mlp"]
@@ -429,7 +433,8 @@ def plan_profile(profile: dict, hw: Hardware, stages: list[str]) -> list[StagePl
 
 def render(plans: list[StagePlan], hw: Hardware, profile_name: str) -> str:
     lines = [f"# Plan: {profile_name} on {hw.name} ({hw.n_gpus} GPU x {hw.gib} GiB usable, "
-             f"sm{hw.capability[0]}{hw.capability[1]} -> {str(dtype_for_capability(hw.capability)).replace('torch.', '')}, "
+             f"{'sm%d%d' % hw.capability if hw.capability else 'CPU'} -> "
+             f"{str(dtype_for_capability(hw.capability)).replace('torch.', '')}, "
              f"{hw.tflops:g} TFLOPS peak)", "",
              "| stage | model | params | trainable | weights | model states (DeepSpeed est.) | activations | "
              "attn scores | logits | per GPU / budget GiB | rows | steps | tokens | hours (MFU) | fits |",
@@ -440,7 +445,8 @@ def render(plans: list[StagePlan], hw: Hardware, profile_name: str) -> str:
             f"| {p.stage} | {p.model} | {p.total / 1e9:.2f}B | {p.trainable / 1e6:.1f}M | {p.weights_gib:.1f} | "
             f"{p.states_gib:.2f}{ds} | {p.activations_gib:.1f} | {p.attention_gib:.1f} | {p.logits_gib:.1f} | "
             f"{p.per_gpu_gib:.1f} / {p.usable_gib:.1f} | {p.rows:,} | {p.steps:,} | {p.tokens / 1e6:.0f}M | "
-            f"{p.hours:.1f} ({f'{p.mfu:.2f}' if p.mfu else 'HBM-bound'}) | {'yes' if p.fits else 'NO: ' + p.knob} |")
+            f"{p.hours:.1f} ({f'{p.mfu:.2f}' if p.mfu else 'HBM-bound'}) | "
+            f"{('yes' + (' (long)' if p.hours > 24 else '')) if p.fits else 'NO: ' + p.knob} |")
     lines += [""] + [f"- {p.stage} / {p.model}: {'; '.join(p.notes)}" for p in plans]
     lines += ["", "Assumptions: " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in DATA.items())
               + f"; budget = {HEADROOM:.0%} of usable memory, {CUDA_CONTEXT_GIB} GiB CUDA context per GPU; "
@@ -453,11 +459,14 @@ def main(argv: list[str] | None = None) -> list[StagePlan]:
     ap.add_argument("--config", required=True, help="profile YAML, e.g. configs/a100x8.yaml")
     ap.add_argument("--hardware", default="", help=f"one of {', '.join(HARDWARE)}; default: the profile's own")
     ap.add_argument("--stages", default="", help="comma-separated subset (default: the profile's stages)")
+    ap.add_argument("--model-dir", default="", help="where non-shipped model configs are (default: common.model_dir)")
     ap.add_argument("--json", default="", help="also write the plan as JSON here")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a stage does not fit")
     args = ap.parse_args(argv)
     path = Path(args.config)
     profile = C.read_profile(path)
+    if args.model_dir:
+        profile.setdefault("common", {})["model_dir"] = args.model_dir
     default_hw, default_stages = PROFILES.get(path.name, ("", LMSYS_TRAIN))
     hw_name = args.hardware or default_hw
     if hw_name not in HARDWARE:

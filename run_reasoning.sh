@@ -22,7 +22,7 @@
 # Knobs (environment): CONFIG (default configs/a100x8.yaml), FORCE=1 (force=true to every stage),
 # NGPU (default: visible GPUs; >1 launches the SFT with accelerate), VLLM_AUTOSTART=1 (start the answering
 # server for stages 20-21 when the profile's backend is vllm_server, stop it before training),
-# VLLM_PORT (8000), SUBMIT_MODEL (logic_gptq_4bit: which model writes the test answer file).
+# VLLM_PORT (8000), VLLM_BIN (vllm; e.g. .venv-vllm/bin/vllm: its own venv, requirements-vllm.txt), SUBMIT_MODEL (logic_gptq_4bit: which model writes the test answer file).
 # Extra arguments are overrides passed to every stage: scope them as section.key=value (logic_answer.*,
 # logic_reflect.*, logic_sft.*, logic_merge.*, logic_quantize.*, logic_evaluate.*, common.*).
 # Finished stages (DONE.json) are skipped, so a re-run after a failure continues where it stopped.
@@ -71,7 +71,7 @@ if [ "$BACKEND" = "vllm_server" ] && [ "${VLLM_AUTOSTART:-0}" = "1" ] && \
    { [ "${FORCE:-0}" = "1" ] || [ ! -f "$LOGIC_DIR/reflect/DONE.json" ]; }; then
   stage_start "vllm serve $MODEL_DIR/$ANSWER_MODEL (TP=$NGPU, port $VLLM_PORT, log logs/vllm_serve.log)"
   mkdir -p logs
-  vllm serve "$MODEL_DIR/$ANSWER_MODEL" --served-model-name "$(get logic_answer.served_model_name "$@")" \
+  "${VLLM_BIN:-vllm}" serve "$MODEL_DIR/$ANSWER_MODEL" --served-model-name "$(get logic_answer.served_model_name "$@")" \
     --tensor-parallel-size "$NGPU" --max-model-len "$(get logic_answer.max_model_len "$@")" --dtype bfloat16 \
     --gpu-memory-utilization 0.9 --max-num-seqs 256 --port "$VLLM_PORT" > logs/vllm_serve.log 2>&1 &
   VLLM_PID=$!

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check: everything this project can only learn on a GPU, in one command, in at most ~8 minutes on one
-# H100/H200 (step timeouts add up to 465 s). Writes bench/results/gpu_check.md (+ the JSON next to it).
+# H100/H200 (step timeouts add up to 450 s, plus ~15 s of facts and report). Writes bench/results/gpu_check.md (+ the JSON next to it).
 #
 #   bash bench/gpu_check.sh             # on a CUDA box, from the repo root, project venv active
 #   bash bench/gpu_check.sh --dry-run   # anywhere: print the steps, run the CPU-checkable parts (facts, report)

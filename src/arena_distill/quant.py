@@ -198,34 +198,51 @@ def quantize_causal_lm(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
 # with a local `nvcc` and the CUDA headers on first use (utils/marlin.py: "Marlin JIT also requires a local
 # `nvcc` on PATH"), and Machete (sm90) first downloads CUTLASS 4.7.1 from GitHub (utils/machete.py,
 # _CUTLASS_RELEASE_URL). Kaggle's offline notebook has neither, and neither falls back when it fails.
-# Exllama v2 is 4-bit only and also JIT-compiled. `gptq_torch` (nn_modules/qlinear/torch.py) is plain
-# torch: 2-8 bits, any device, fp16/bf16, nothing to build. For prediction (a classifier's prefill over
-# 2,000-token rows) its per-forward dequantization is a few percent of the matmul time, so it is pinned
-# for every target; generation (decode-bound) is where a faster kernel pays: ask for one with
-# `kernel=gptq_triton` / `gptq_marlin` and the torch kernel remains the fallback.
+# Exllama v2 is 4-bit only and also JIT-compiled. `gptq_torch` (nn_modules/qlinear/torch.py, TorchLinear)
+# needs no nvcc and no download: 2-8 bits, any device, fp16/bf16. It is not compiler-free either, though:
+# post_init() wraps its dequantization in torch.compile (inductor) and, when triton is importable, uses a
+# Triton dequant kernel (GPTQ_TORCH_TRITON_DEQUANT): Triton brings its own ptxas but builds a small launcher
+# with the host C compiler. So the chain on every GPU is gptq_torch, then `gptq_torch_eager` (our name: the
+# same layers with compile and Triton switched off, plain eager torch, nothing built at all). For
+# prediction (a classifier's prefill over 2,000-token rows) per-forward dequantization is a few percent of
+# the matmul time; generation (decode-bound) is where a faster kernel pays: ask for one with
+# `kernel=gptq_marlin` etc. and the chain still ends in the no-build kernels.
 NO_BUILD_KERNEL = {
-    (7, 5): "gptq_torch",   # T4: Marlin needs nvcc and refuses bf16 on sm75; Triton JITs (needs a C compiler)
-    (8, 0): "gptq_torch",   # A100: Marlin / Exllama need nvcc
+    (7, 5): "gptq_torch",   # T4: Marlin needs nvcc and refuses bf16 on sm75; Exllama v2 needs nvcc
+    (8, 0): "gptq_torch",   # A100: Marlin / Exllama v2 need nvcc
     (9, 0): "gptq_torch",   # H100: Machete downloads CUTLASS, Marlin needs nvcc
 }
-KERNELS = ("auto", "gptq_torch", "gptq_triton", "gptq_marlin", "gptq_exllama_v2", "gptq_machete",
+EAGER = "gptq_torch_eager"
+KERNELS = ("auto", "gptq_torch", EAGER, "gptq_triton", "gptq_marlin", "gptq_exllama_v2", "gptq_machete",
            "gptq_bitblas", "gptq_torch_fused", "gptq_torch_aten")
 
 
 def gptq_kernels(capability: tuple[int, int] | None, requested: str = "auto") -> list[str]:
     """Kernels to try, in order, for a GPU of ``capability`` (None = CPU).
 
-    ``auto`` on a GPU = the no-build kernel pinned for that target (the closest listed capability at or
-    below it); a named kernel is tried first with the no-build kernel as the fallback. On the CPU
-    GPTQModel's own ``auto`` only picks torch kernels (nothing to build), so it is kept."""
+    ``auto`` on a GPU = the kernel pinned for that target (the closest listed capability at or below it),
+    then its eager form; a named kernel is tried first with those as the fallback. On the CPU GPTQModel's
+    own ``auto`` only picks torch kernels (no nvcc, no download), so it is kept."""
     if requested not in KERNELS:
         raise ValueError(f"unknown GPTQ kernel {requested!r} (expected one of {', '.join(KERNELS)})")
     if capability is None:
         return ["auto"] if requested == "auto" else [requested, "auto"]
     known = [c for c in sorted(NO_BUILD_KERNEL) if c <= tuple(capability)]
     pinned = NO_BUILD_KERNEL[known[-1]] if known else "gptq_torch"
-    chain = [pinned] if requested == "auto" else [requested, pinned]
+    chain = [pinned, EAGER] if requested == "auto" else [requested, pinned, EAGER]
     return list(dict.fromkeys(chain))
+
+
+def make_eager(model) -> int:
+    """Switch every TorchLinear of ``model`` to plain eager dequantization: no torch.compile wrapper, no
+    Triton kernel (see the note above NO_BUILD_KERNEL). Returns the number of layers switched."""
+    n = 0
+    for m in model.modules():
+        if type(m).__name__ == "TorchLinear":
+            m.__dict__.pop("dequantize_weight", None)  # the torch.compile wrapper set by optimize()
+            m._triton_dequant_enabled = False
+            n += 1
+    return n
 
 
 def quantization_bits(model_dir: str | os.PathLike) -> int:
@@ -267,11 +284,13 @@ def load_gptq(model_dir: str | os.PathLike, *, task: str = "SEQ_CLS", dtype: tor
         try:
             # Only the loading attributes (backend, max_input_length) of this config are used: the rest
             # comes from the checkpoint's own quantization_config (transformers merge_quantization_configs).
-            qconf = GPTQConfig(bits=bits, backend=backend)
+            qconf = GPTQConfig(bits=bits, backend="gptq_torch" if backend == EAGER else backend)
             with warnings.catch_warnings():  # "loading attributes ... will be overwritten": intended
                 warnings.filterwarnings("ignore", message="You passed `quantization_config`")
                 model = cls.from_pretrained(str(model_dir), quantization_config=qconf, dtype=dtype,
                                             device_map=device_map, **from_pretrained)
+            if backend == EAGER and not make_eager(model):
+                raise RuntimeError("no TorchLinear layer to switch to eager")
             with torch.inference_mode():
                 model(input_ids=torch.tensor([[1, 2, 3, 4]], device=device))
             return model

@@ -191,7 +191,8 @@ def gemma_full(args) -> dict:
     name = torch.cuda.get_device_properties(device).name if device.type == "cuda" else platform.processor() or "cpu"
     fpt = forward_flops_per_token(n_no_embed, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim,
                                   args.length)
-    return {"device": name, "dtype": str(dtype).replace("torch.", ""), "params": n_params, "build_seconds": round(build_s, 1),
+    return {"device": name, "dtype": str(dtype).replace("torch.", ""), "params": n_params,
+            "build_seconds": round(build_s, 1),
             "rows": args.rows, "batch": args.batch, "length": args.length, "seconds": stats["seconds"],
             "rows_per_s": round(rows_per_s, 3), "tokens_per_s": round(rows_per_s * args.length),
             "mfu": mfu(rows_per_s * args.length, fpt, peak_tflops(name)), "finite": bool(np.isfinite(logits).all()),

@@ -309,7 +309,8 @@ def plan_scoring(stage: str, model: str, hw: Hardware, *, rows: int, length: int
     p.mfu = MFU["score_gptq" if quant == "gptq" else "score_kbit" if quant else "score"]
     p.hours = p.tokens * (2 * n_fwd + attn) / (hw.n_gpus * hw.tflops * 1e12 * p.mfu) / 3600
     p.notes.append(f"batches of {batch_rows} rows x {length} tokens (max_tokens {max_tokens or 'unset'}), "
-                   f"{str(dtype).replace('torch.', '')}, weights {quant or '16-bit'}{' ' + str(bits) + '-bit' if quant == 'gptq' else ''}"
+                   f"{str(dtype).replace('torch.', '')}, weights {quant or '16-bit'}"
+                   f"{' ' + str(bits) + '-bit' if quant == 'gptq' else ''}"
                    f"{', x' + str(passes) + ' (TTA)' if passes > 1 else ''}")
     p = _finish(p, hw, knob="a larger GPU, or fewer bits")
     if not p.fits and batch_rows > 1 and p.knob.startswith("a larger"):
@@ -448,7 +449,8 @@ def render(plans: list[StagePlan], hw: Hardware, profile_name: str) -> str:
             f"{p.hours:.1f} ({f'{p.mfu:.2f}' if p.mfu else 'HBM-bound'}) | "
             f"{('yes' + (' (long)' if p.hours > 24 else '')) if p.fits else 'NO: ' + p.knob} |")
     lines += [""] + [f"- {p.stage} / {p.model}: {'; '.join(p.notes)}" for p in plans]
-    lines += ["", "Assumptions: " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in DATA.items())
+    lines += ["", "Assumptions: "
+              + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in DATA.items())
               + f"; budget = {HEADROOM:.0%} of usable memory, {CUDA_CONTEXT_GIB} GiB CUDA context per GPU; "
               "hours per run of the stage (per fold, per model) from FLOPs at the stated MFU."]
     return "\n".join(lines)

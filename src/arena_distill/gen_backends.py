@@ -151,7 +151,8 @@ def auto_backend(*, cuda: bool, vllm_problem: str | None, bits: int | None, mode
 
 
 def _checkpoint_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.glob("*.safetensors")) or sum(f.stat().st_size for f in path.glob("*.bin"))
+    files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
+    return sum(f.stat().st_size for f in files)
 
 
 def make_backend(opts: GenOptions) -> Backend:

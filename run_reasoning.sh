@@ -23,7 +23,8 @@
 # Knobs (environment): CONFIG (default configs/a100x8.yaml), FORCE=1 (force=true to every stage),
 # NGPU (default: visible GPUs; >1 launches the SFT with accelerate), VLLM_AUTOSTART=1 (start the answering
 # server for stages 20-21 when the profile's backend is vllm_server, stop it before training),
-# VLLM_PORT (8000), VLLM_HOST (127.0.0.1: the autostarted server listens on this machine only; another
+# VLLM_PORT (8000), VLLM_BIN (vllm; e.g. .venv-vllm/bin/vllm: its own venv, requirements-vllm.txt),
+# VLLM_HOST (127.0.0.1: the autostarted server listens on this machine only; another
 # address warns, since anyone reaching the port could run prompts, and vLLM's key guards /v1 routes only),
 # VLLM_API_KEY (when set: the server requires it and the client sends it; read from the environment by both,
 # never put on a command line), SUBMIT_MODEL (logic_gptq_4bit: which model writes the test answer file),
@@ -95,7 +96,7 @@ if [ "$BACKEND" = "vllm_server" ] && [ "${VLLM_AUTOSTART:-0}" = "1" ] && \
   esac
   # --host: vLLM binds every interface without it. --disable-fastapi-docs: no /docs, /redoc, /openapi.json.
   # The key is not an argument (it would show in `ps`): vLLM reads VLLM_API_KEY from the environment itself.
-  VLLM_CMD=(vllm serve "$MODEL_DIR/$ANSWER_MODEL" --served-model-name "$(get logic_answer.served_model_name "$@")"
+  VLLM_CMD=("${VLLM_BIN:-vllm}" serve "$MODEL_DIR/$ANSWER_MODEL" --served-model-name "$(get logic_answer.served_model_name "$@")"
     --tensor-parallel-size "$NGPU" --max-model-len "$(get logic_answer.max_model_len "$@")" --dtype bfloat16
     --gpu-memory-utilization 0.9 --max-num-seqs 256 --host "$VLLM_HOST" --port "$VLLM_PORT" --disable-fastapi-docs)
   CLIENT_HOST=$VLLM_HOST; case "$VLLM_HOST" in 0.0.0.0|::) CLIENT_HOST=127.0.0.1 ;; esac

@@ -64,6 +64,7 @@ import torch  # noqa: E402
 from arena_distill.arena_text import encode_batch, encode_batch_both, encode_batch_detailed, read_arena_csv  # noqa: E402
 from arena_distill.batching import (collate, file_order_batches, length_grouped_batches, padding_efficiency,  # noqa: E402
                                     sorted_batches)
+from arena_distill.dist import pick_dtype  # noqa: E402
 from arena_distill.losses import distill_loss  # noqa: E402
 from arena_distill.metrics import softmax  # noqa: E402
 from arena_distill.models import add_lora, load_classifier, load_tokenizer  # noqa: E402
@@ -526,7 +527,7 @@ class NaiveTrainer:
                 timer.epoch_seconds.append(time.perf_counter() - timer.t_begin)
 
         self.epoch_seconds: list[float] = []
-        bf16 = CUDA and s.dtype in ("auto", "bf16") and torch.cuda.is_bf16_supported()
+        bf16 = CUDA and s.dtype in ("auto", "bf16") and pick_dtype(s.dtype) is torch.bfloat16  # sm80+ (dist rule)
         args = TrainingArguments(
             output_dir=str(Path(s.cache_dir) / "trainer_out"), per_device_train_batch_size=s.train_batch,
             gradient_accumulation_steps=1, num_train_epochs=1, learning_rate=s.lr, adam_beta1=0.9, adam_beta2=0.95,

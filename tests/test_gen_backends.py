@@ -19,8 +19,8 @@ import httpx2 as httpx  # the HTTP library under openai 3.x
 import openai
 import pytest
 
-from arena_distill.gen_backends import (VLLM_MISSING, GenOptions, HFBackend, VLLMServerBackend, make_backend,
-                                        vllm_available)
+from arena_distill.gen_backends import (VLLM_MISSING, GenOptions, HFBackend, VLLMServerBackend, auto_backend,
+                                        make_backend, vllm_available, vllm_version_problem)
 from arena_distill.logic_text import extract_answer
 
 PROMPTS = ["你是一个逻辑推理专家。题目：甲比乙高，谁最高？\nA. 甲\nB. 乙", "短题", "The answer is? " * 5]
@@ -61,11 +61,38 @@ def test_make_backend_auto_and_missing_vllm(tiny_models_root):
     opts = GenOptions(backend="auto", model="tiny_qwen2", model_dir=str(tiny_models_root))
     assert make_backend(opts).name == "hf"  # no CUDA here
     if not vllm_available():
-        with pytest.raises(RuntimeError, match="requirements-gpu.txt"):
+        with pytest.raises(RuntimeError, match="requirements-vllm.txt"):
             make_backend(GenOptions(backend="vllm_offline", model="tiny_qwen2", model_dir=str(tiny_models_root)))
         assert "optional GPU dependency" in VLLM_MISSING
     with pytest.raises(ValueError, match="unknown backend"):
         make_backend(GenOptions(backend="nope", model="tiny_qwen2", model_dir=str(tiny_models_root)))
+
+
+def test_auto_backend_rule():
+    gib = 2**30
+    ok = dict(cuda=True, vllm_problem=None, model_bytes=140 * gib, gpu_bytes=80 * gib)
+    assert auto_backend(bits=None, **ok) == "vllm_offline"
+    assert auto_backend(bits=3, **ok) == "hf"  # vLLM has no 3-bit GPTQ path here: transformers + GPTQ kernels
+    bad = {**ok, "vllm_problem": "vllm 0.33.0 needs torch==2.14.0, this venv has 2.13.0: ..."}
+    with pytest.raises(RuntimeError, match=r"unquantized model \(140 GiB\) is larger than one GPU \(80 GiB\)"
+                                           r"[\s\S]*vllm_server"):
+        auto_backend(bits=None, **bad)
+    assert auto_backend(bits=None, **{**bad, "model_bytes": 16 * gib}) == "hf"  # a 8B fits one GPU
+    assert auto_backend(bits=4, **bad) == "hf"
+    assert auto_backend(bits=None, cuda=False, vllm_problem=VLLM_MISSING, model_bytes=10**9, gpu_bytes=0) == "hf"
+
+
+def test_vllm_version_check_reads_vllm_requirements(monkeypatch):
+    from importlib import metadata
+
+    installed = {"vllm": "0.33.0", "torch": "2.13.0", "transformers": "5.23.0"}
+    monkeypatch.setattr(metadata, "version", lambda name: installed[name])
+    monkeypatch.setattr(metadata, "requires", lambda name: [
+        "torch==2.14.0", "transformers<5.21,>=4.56", "numpy", 'pytest; extra == "test"'])
+    msg = vllm_version_problem()
+    assert "needs torch==2.14.0, this venv has 2.13.0" in msg and "transformers" in msg and "vllm serve" in msg
+    monkeypatch.setattr(metadata, "requires", lambda name: ["torch==2.13.0", "transformers>=4.56"])
+    assert vllm_version_problem() is None
 
 
 # -------------------------------------------------------------------------------------- server, stub client

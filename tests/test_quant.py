@@ -107,3 +107,42 @@ def test_quantize_causal_lm_4bit(tiny_model_dirs, tmp_path):
 def test_quantize_causal_lm_refuses_classifier(fp_classifier, tmp_path):
     with pytest.raises(ValueError, match="quantize_classifier"):
         quant.quantize_causal_lm(fp_classifier, tmp_path / "out", CAL_TEXTS, bits=4)
+
+
+# --------------------------------------------------------------------------------------------- kernels
+def test_gptq_kernel_choice_per_target_needs_no_build():
+    # T4 / A100 / H100 (and in-between capabilities such as A10G sm86) get the plain-torch kernel
+    for cap in ((7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0)):
+        assert quant.gptq_kernels(cap) == ["gptq_torch", "gptq_torch_eager"]
+    assert quant.gptq_kernels((9, 0), "gptq_marlin") == ["gptq_marlin", "gptq_torch", "gptq_torch_eager"]
+    assert quant.gptq_kernels((7, 5), "gptq_torch_eager") == ["gptq_torch_eager", "gptq_torch"]
+    assert quant.gptq_kernels(None) == ["auto"]  # CPU: GPTQModel's auto only has torch kernels there
+    with pytest.raises(ValueError, match="unknown GPTQ kernel 'marlin'"):
+        quant.gptq_kernels((8, 0), "marlin")
+
+
+def test_load_gptq_falls_back_when_a_kernel_fails(fp_classifier, tmp_path, capsys, monkeypatch):
+    """Marlin is CUDA-only: asked for on the CPU it fails, and the loader falls back to the torch kernel."""
+    tok = load_tokenizer(fp_classifier)
+    out = tmp_path / "gptq8"
+    quant.quantize_classifier(fp_classifier, out, CAL_TEXTS, tok, bits=8, group_size=32, max_length=64)
+    cpu = torch.device("cpu")
+    model = quant.load_gptq(out, dtype=torch.float16, device=cpu, kernel="gptq_marlin", capability=(8, 0),
+                            num_labels=3)
+    assert "GPTQ kernel gptq_marlin failed" in capsys.readouterr().err
+    assert quant.kernel_in_use(model) == "TorchLinear"
+    ref = quant.load_gptq(out, dtype=torch.float16, device=cpu, num_labels=3)  # CPU auto
+    # the compiler-free form: same layers, no torch.compile wrapper, no Triton
+    eager = quant.load_gptq(out, dtype=torch.float16, device=cpu, kernel="gptq_torch_eager", num_labels=3)
+    layer = eager.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == "TorchLinear" and "dequantize_weight" not in layer.__dict__
+    assert "dequantize_weight" in model.model.layers[0].self_attn.q_proj.__dict__  # compiled wrapper
+    enc = tok(CAL_TEXTS[:4], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        for m in (ref, eager):
+            np.testing.assert_allclose(model(**enc).logits.float().numpy(), m(**enc).logits.float().numpy(),
+                                       atol=1e-2)
+    # every kernel failing: one error naming each
+    monkeypatch.setattr(quant, "gptq_kernels", lambda cap, req: ["gptq_marlin", "gptq_exllama_v2"])
+    with pytest.raises(RuntimeError, match=r"no GPTQ kernel could load and run[\s\S]*gptq_marlin: [\s\S]*gptq_exllama_v2: "):
+        quant.load_gptq(out, dtype=torch.float16, device=cpu, num_labels=3)

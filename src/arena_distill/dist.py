@@ -73,15 +73,51 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(requested: str = "auto", device: torch.device | None = None) -> torch.dtype:
-    """``auto``: bf16 on GPUs that support it, fp16 on older GPUs (T4), fp32 on CPU."""
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def device_capability(device: torch.device | None = None) -> tuple[int, int] | None:
+    """CUDA compute capability of ``device`` (``(7, 5)`` T4, ``(8, 0)`` A100, ``(9, 0)`` H100), None on CPU."""
     device = device or pick_device()
+    if device.type != "cuda":
+        return None
+    return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
+
+
+def dtype_for_capability(capability: tuple[int, int] | None, requested: str = "auto") -> torch.dtype:
+    """The one dtype rule of the project: ``auto`` = bf16 from sm80 (A100/H100) up, fp16 below (T4 sm75,
+    V100 sm70), fp32 on CPU (``capability=None``). An explicit name wins.
+
+    Decided from the capability, not ``torch.cuda.is_bf16_supported()``: in torch 2.13
+    (torch/cuda/__init__.py, ``is_bf16_supported(including_emulation=True)``) that returns True on sm75 as
+    soon as a bf16 tensor can be *created* (``_check_bf16_tensor_supported``), i.e. emulated bf16 with no
+    tensor-core path (several times slower on a T4) and refused by GPTQModel's Marlin kernels.
+    """
     if requested != "auto":
-        return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-                "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[requested]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+        if requested not in DTYPES:
+            raise ValueError(f"unknown dtype {requested!r} (expected auto, {', '.join(DTYPES)})")
+        if DTYPES[requested] is torch.bfloat16 and capability is not None and capability < (8, 0):
+            warn0(f"bf16 requested on compute capability sm{capability[0]}{capability[1]}: emulated, "
+                  "no tensor cores (fp16 is the fast dtype there)")
+        return DTYPES[requested]
+    if capability is None:
+        return torch.float32
+    return torch.bfloat16 if tuple(capability) >= (8, 0) else torch.float16
+
+
+def mixed_precision_for(capability: tuple[int, int] | None, requested: str = "auto") -> str:
+    """accelerate's ``mixed_precision`` under the same rule: ``bf16`` from sm80, ``fp16`` below, ``no`` on CPU."""
+    if requested != "auto":
+        return requested
+    if capability is None:
+        return "no"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype_for_capability(capability)]
+
+
+def pick_dtype(requested: str = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``dtype_for_capability`` for ``device`` (default: this process's device)."""
+    return dtype_for_capability(device_capability(device), requested)
 
 
 class Timer:

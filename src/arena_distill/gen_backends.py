@@ -33,9 +33,9 @@ from .dist import print0, warn0
 from .readers import read_json
 
 BackendName = Literal["hf", "vllm_offline", "vllm_server", "auto"]
-VLLM_MISSING = ("vLLM is not installed in this environment. It is an optional GPU dependency: "
-                "pip install -r requirements-gpu.txt (on a CUDA box), or use backend=hf "
-                "(or backend=vllm_server against a running `vllm serve`).")
+VLLM_MISSING = ("vLLM is not installed in this environment. It is an optional GPU dependency that pins its own "
+                "torch/transformers: run it as a server from its own venv (requirements-vllm.txt, `vllm serve`, "
+                "docs/gpu.md) with backend=vllm_server, or use backend=hf.")
 
 
 class Backend(Protocol):
@@ -114,6 +114,55 @@ def server_api_key(configured: str = "") -> str:
     return configured or os.environ.get("VLLM_API_KEY") or "EMPTY"
 
 
+def vllm_version_problem() -> str | None:
+    """Why the installed vLLM cannot run in-process beside this environment's torch / transformers, or None.
+
+    vllm 0.33 requires torch 2.14 and transformers < 5.21 while we pin 2.13 / 5.23: installed into our
+    venv it silently swaps both. Its own declared requirements are checked against what is installed."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        requires = metadata.requires("vllm") or []
+    except metadata.PackageNotFoundError:
+        return VLLM_MISSING
+    problems = []
+    for line in requires:
+        req = Requirement(line)
+        if req.name not in ("torch", "transformers") or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        have = metadata.version(req.name)
+        if req.specifier and not req.specifier.contains(have, prereleases=True):
+            problems.append(f"vllm {metadata.version('vllm')} needs {req.name}{req.specifier}, this venv has {have}")
+    if not problems:
+        return None
+    return ("; ".join(problems) + ": the in-process vllm_offline backend cannot run here. Run vLLM from its own "
+            "venv (requirements-vllm.txt) as `vllm serve` and use backend=vllm_server (docs/gpu.md)")
+
+
+def auto_backend(*, cuda: bool, vllm_problem: str | None, bits: int | None, model_bytes: int,
+                 gpu_bytes: int) -> str:
+    """``backend=auto``: vllm_offline where it can run the checkpoint (4/8-bit or unquantized), else hf; but
+    never an unquantized model larger than one GPU through transformers (it would be spread over the GPUs
+    layer by layer, one at a time: days for an evaluation), which is refused with what to do instead."""
+    if cuda and vllm_problem is None and bits in (None, 4, 8):
+        return "vllm_offline"
+    if cuda and bits is None and model_bytes > gpu_bytes:
+        raise RuntimeError(
+            f"backend=auto: the unquantized model ({model_bytes / 2**30:.0f} GiB) is larger than one GPU "
+            f"({gpu_bytes / 2**30:.0f} GiB) and in-process vLLM is not usable "
+            f"({(vllm_problem or 'n/a').split(':')[0]}); refusing to run it through transformers. Serve it with "
+            "`vllm serve ... --tensor-parallel-size N` from the vLLM venv and set backend=vllm_server, or "
+            "evaluate a quantized copy (docs/gpu.md)")
+    return "hf"
+
+
+def _checkpoint_bytes(path: Path) -> int:
+    files = list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
+    return sum(f.stat().st_size for f in files)
+
+
 def make_backend(opts: GenOptions) -> Backend:
     name = opts.backend
     if name == "auto":
@@ -121,12 +170,11 @@ def make_backend(opts: GenOptions) -> Backend:
 
         path = resolve_model_path(opts.model, opts.model_dir)
         bits = quant_bits(path)
-        if torch.cuda.is_available() and vllm_available() and bits in (None, 4, 8):
-            name = "vllm_offline"
-        else:
-            name = "hf"
-        print0(f"backend auto -> {name} (cuda={torch.cuda.is_available()}, vllm={vllm_available()}, "
-               f"gptq bits={bits})")
+        cuda = torch.cuda.is_available()
+        problem = vllm_version_problem() if vllm_available() else VLLM_MISSING
+        name = auto_backend(cuda=cuda, vllm_problem=problem, bits=bits, model_bytes=_checkpoint_bytes(path),
+                            gpu_bytes=torch.cuda.get_device_properties(0).total_memory if cuda else 0)
+        print0(f"backend auto -> {name} (cuda={cuda}, vllm={'ok' if problem is None else 'no'}, gptq bits={bits})")
     if name == "hf":
         return HFBackend(resolve_model_path(opts.model, opts.model_dir), chat_template=opts.chat_template,
                          batch_size=opts.batch_size, dtype=opts.dtype, cpu_threads=opts.cpu_threads)
@@ -169,11 +217,16 @@ class HFBackend:
         if model is None:
             kwargs: dict[str, Any] = {}
             if quant_bits(self.path):
-                # GPTQ checkpoints load through transformers' GPTQ integration (GPTQModel kernels);
-                # 3-bit has no vLLM kernel, so this is the route for it.
+                # GPTQ checkpoints load through transformers' GPTQ integration (GPTQModel kernels), with a
+                # kernel that needs no compiler or download (quant.load_gptq); 3-bit has no vLLM kernel.
+                from .dist import pick_device
+                from .quant import load_gptq
+
                 kwargs["device_map"] = "cuda:0" if torch.cuda.is_available() else "cpu"
-                dtype = "fp16" if torch.cuda.is_available() else "fp32"
-            model = load_causal_lm(self.path, dtype=dtype, **kwargs)
+                gptq_dtype = torch.float16 if torch.cuda.is_available() else torch.float32
+                model = load_gptq(self.path, task="CAUSAL_LM", dtype=gptq_dtype, device=pick_device())
+            else:
+                model = load_causal_lm(self.path, dtype=dtype, **kwargs)
             if "device_map" not in kwargs:
                 from .dist import pick_device
 
@@ -229,10 +282,10 @@ class VLLMOfflineBackend:
     def __init__(self, model_path: str | os.PathLike, *, chat_template: bool = True, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int = 8192, max_num_seqs: int = 256,
                  dtype: str = "auto"):
-        try:
-            from vllm import LLM
-        except ImportError as exc:
-            raise RuntimeError(VLLM_MISSING) from exc
+        problem = vllm_version_problem() if vllm_available() else VLLM_MISSING
+        if problem:
+            raise RuntimeError(problem)
+        from vllm import LLM
         vllm_dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
         self.chat_template = chat_template
         self.llm = LLM(model=str(model_path), tensor_parallel_size=tensor_parallel_size, dtype=vllm_dtype,

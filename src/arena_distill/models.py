@@ -117,6 +117,7 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        keep_frozen_in_compute_dtype(model)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -125,6 +126,32 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type=task, modules_to_save=head or None, bias="none")
     return get_peft_model(model, config)
+
+
+def keep_frozen_in_compute_dtype(model, dtype: torch.dtype | None = None) -> int:
+    """Undo peft's fp32 upcast of the frozen non-k-bit weights; returns the number of tensors re-cast.
+
+    peft 0.21.2 ``prepare_model_for_kbit_training`` (peft/utils/other.py) casts *every* fp16/bf16
+    parameter that is not ``Params4bit`` to fp32: embeddings, norms and lm_head. The fp32 embedding output
+    then makes every residual activation fp32 and the lm_head logits fp32: at stage 22's cutoff 10,240 on a
+    70B that is ~93 GB per GPU (src/plan.py shows it). LLaMA-Factory (the seed's trainer) keeps them in
+    the compute dtype; so do we: frozen floating tensors go back to the 4-bit compute dtype (bf16), while
+    trainable tensors (LoRA, the score head) keep whatever dtype the engine gives them.
+    """
+    if dtype is None:
+        qconf = getattr(getattr(model, "config", None), "quantization_config", None)
+        dtype = getattr(qconf, "bnb_4bit_compute_dtype", None) if not isinstance(qconf, dict) \
+            else qconf.get("bnb_4bit_compute_dtype")
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype.replace("torch.", ""))
+        dtype = dtype or torch.bfloat16
+    n = 0
+    for param in model.parameters():
+        if (not param.requires_grad and param.dtype is torch.float32
+                and param.__class__.__name__ not in ("Params4bit", "Int8Params")):
+            param.data = param.data.to(dtype)
+            n += 1
+    return n
 
 
 def init_lora_from_adapter(peft_model, adapter_dir: str | os.PathLike, drop_head: bool = True) -> int:

@@ -266,8 +266,10 @@ def adapter_base_model(adapter_dir: str | os.PathLike, base_model: str = "") -> 
 
 
 def load_for_prediction(kind: str, folder: str | os.PathLike, *, base_model: str = "", dtype: str = "auto",
-                        device: torch.device | None = None, attn_implementation: str | None = None):
-    """``(model, tokenizer)`` ready for inference on ``device`` from a gptq / merged / adapter folder."""
+                        device: torch.device | None = None, attn_implementation: str | None = None,
+                        gptq_kernel: str = "auto"):
+    """``(model, tokenizer)`` ready for inference on ``device`` from a gptq / merged / adapter folder.
+    ``gptq_kernel``: ``auto`` = the no-build kernel for this GPU (quant.gptq_kernels), or a named one."""
     from .dist import pick_device, pick_dtype
     from .models import load_classifier, load_peft, load_tokenizer
 
@@ -283,12 +285,17 @@ def load_for_prediction(kind: str, folder: str | os.PathLike, *, base_model: str
         model = load_peft(model, folder).to(device)
     else:
         tokenizer = load_tokenizer(folder)
-        # GPTQ weights are placed at load time; full-precision models are moved after loading.
-        device_map = ({"": device.index or 0} if device.type == "cuda" else "cpu") if kind == "gptq" else None
-        model = load_classifier(folder, num_labels=3, dtype=torch_dtype, attn_implementation=attn_implementation,
-                                device_map=device_map, pad_token_id=tokenizer.pad_token_id)
-        if kind != "gptq":
-            model = model.to(device)
+        if kind == "gptq":
+            # GPTQ weights are placed at load time, with a kernel that needs no compiler or download
+            # (quant.gptq_kernels; docs/gpu.md), falling back when a requested kernel fails.
+            from .quant import load_gptq
+
+            model = load_gptq(folder, task="SEQ_CLS", dtype=torch_dtype, device=device, kernel=gptq_kernel,
+                              num_labels=3, attn_implementation=attn_implementation)
+            model.config.pad_token_id = tokenizer.pad_token_id
+        else:
+            model = load_classifier(folder, num_labels=3, dtype=torch_dtype, attn_implementation=attn_implementation,
+                                    pad_token_id=tokenizer.pad_token_id).to(device)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()

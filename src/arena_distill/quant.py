@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -193,3 +194,117 @@ def quantize_causal_lm(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
             "desc_act": desc_act, "sym": sym, "damp_percent": damp_percent, **(qcfg_extra or {}),
             "n_calibration": len(ids), "calibration_tokens_mean": sum(map(len, ids)) / len(ids), "calibration_max_length": max_length,
             "quantize_seconds": round(seconds, 2), "device": device}
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading: a kernel that needs no compiler and no download, with fallback
+
+# gptqmodel 7.6.0 ships no prebuilt CUDA kernels. Its BACKEND.AUTO order (utils/importer.py,
+# AUTO_BACKEND_KERNEL_MAPPING) puts Machete and Marlin first on any CUDA machine: Marlin is JIT-compiled
+# with a local `nvcc` and the CUDA headers on first use (utils/marlin.py: "Marlin JIT also requires a local
+# `nvcc` on PATH"), and Machete (sm90) first downloads CUTLASS 4.7.1 from GitHub (utils/machete.py,
+# _CUTLASS_RELEASE_URL). Kaggle's offline notebook has neither, and neither falls back when it fails.
+# Exllama v2 is 4-bit only and also JIT-compiled. `gptq_torch` (nn_modules/qlinear/torch.py, TorchLinear)
+# needs no nvcc and no download: 2-8 bits, any device, fp16/bf16. It is not compiler-free either, though:
+# post_init() wraps its dequantization in torch.compile (inductor) and, when triton is importable, uses a
+# Triton dequant kernel (GPTQ_TORCH_TRITON_DEQUANT): Triton brings its own ptxas but builds a small launcher
+# with the host C compiler. So the chain on every GPU is gptq_torch, then `gptq_torch_eager` (our name: the
+# same layers with compile and Triton switched off, plain eager torch, nothing built at all). For
+# prediction (a classifier's prefill over 2,000-token rows) per-forward dequantization is a few percent of
+# the matmul time; generation (decode-bound) is where a faster kernel pays: ask for one with
+# `kernel=gptq_marlin` etc. and the chain still ends in the no-build kernels.
+NO_BUILD_KERNEL = {
+    (7, 5): "gptq_torch",   # T4: Marlin needs nvcc and refuses bf16 on sm75; Exllama v2 needs nvcc
+    (8, 0): "gptq_torch",   # A100: Marlin / Exllama v2 need nvcc
+    (9, 0): "gptq_torch",   # H100: Machete downloads CUTLASS, Marlin needs nvcc
+}
+EAGER = "gptq_torch_eager"
+KERNELS = ("auto", "gptq_torch", EAGER, "gptq_triton", "gptq_marlin", "gptq_exllama_v2", "gptq_machete",
+           "gptq_bitblas", "gptq_torch_fused", "gptq_torch_aten")
+
+
+def gptq_kernels(capability: tuple[int, int] | None, requested: str = "auto") -> list[str]:
+    """Kernels to try, in order, for a GPU of ``capability`` (None = CPU).
+
+    ``auto`` on a GPU = the kernel pinned for that target (the closest listed capability at or below it),
+    then its eager form; a named kernel is tried first with those as the fallback. On the CPU GPTQModel's
+    own ``auto`` only picks torch kernels (no nvcc, no download), so it is kept."""
+    if requested not in KERNELS:
+        raise ValueError(f"unknown GPTQ kernel {requested!r} (expected one of {', '.join(KERNELS)})")
+    if capability is None:
+        return ["auto"] if requested == "auto" else [requested, "auto"]
+    known = [c for c in sorted(NO_BUILD_KERNEL) if c <= tuple(capability)]
+    pinned = NO_BUILD_KERNEL[known[-1]] if known else "gptq_torch"
+    chain = [pinned, EAGER] if requested == "auto" else [requested, pinned, EAGER]
+    return list(dict.fromkeys(chain))
+
+
+def make_eager(model) -> int:
+    """Switch every TorchLinear of ``model`` to plain eager dequantization: no torch.compile wrapper, no
+    Triton kernel (see the note above NO_BUILD_KERNEL). Returns the number of layers switched."""
+    n = 0
+    for m in model.modules():
+        if type(m).__name__ == "TorchLinear":
+            m.__dict__.pop("dequantize_weight", None)  # the torch.compile wrapper set by optimize()
+            m._triton_dequant_enabled = False
+            n += 1
+    return n
+
+
+def quantization_bits(model_dir: str | os.PathLike) -> int:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    if not isinstance(cfg, dict) or "bits" not in cfg:
+        raise StageInputError(f"{model_dir}/config.json has no GPTQ quantization_config")
+    return int(cfg["bits"])
+
+
+def kernel_in_use(model) -> str:
+    """Class name of the first quantized linear layer (e.g. ``TorchLinear``), '' if none."""
+    for m in model.modules():
+        if hasattr(m, "qweight"):
+            return type(m).__name__
+    return ""
+
+
+def load_gptq(model_dir: str | os.PathLike, *, task: str = "SEQ_CLS", dtype: torch.dtype,
+              device: torch.device, kernel: str = "auto", capability: tuple[int, int] | None = None,
+              **from_pretrained: Any):
+    """A GPTQ checkpoint loaded with the first kernel of ``gptq_kernels`` that loads *and* runs.
+
+    A short warm-up forward follows each load, because JIT kernels fail at first use rather than at
+    load time; a failing kernel is reported and the next one tried. Raises with every kernel's error
+    when none works. ``from_pretrained``: extra keyword arguments (num_labels, attn_implementation, ...).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, GPTQConfig
+
+    from .dist import warn0
+
+    if capability is None and device.type == "cuda":
+        capability = tuple(torch.cuda.get_device_capability(device))
+    cls = AutoModelForSequenceClassification if task == "SEQ_CLS" else AutoModelForCausalLM
+    bits = quantization_bits(model_dir)
+    device_map = {"": device.index or 0} if device.type == "cuda" else "cpu"
+    errors = []
+    for backend in gptq_kernels(capability, kernel):
+        model = None
+        try:
+            # Only the loading attributes (backend, max_input_length) of this config are used: the rest
+            # comes from the checkpoint's own quantization_config (transformers merge_quantization_configs).
+            qconf = GPTQConfig(bits=bits, backend="gptq_torch" if backend == EAGER else backend)
+            with warnings.catch_warnings():  # "loading attributes ... will be overwritten": intended
+                warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+                model = cls.from_pretrained(str(model_dir), quantization_config=qconf, dtype=dtype,
+                                            device_map=device_map, **from_pretrained)
+            if backend == EAGER and not make_eager(model):
+                raise RuntimeError("no TorchLinear layer to switch to eager")
+            with torch.inference_mode():
+                model(input_ids=torch.tensor([[1, 2, 3, 4]], device=device))
+            return model
+        except Exception as exc:  # noqa: BLE001 - any kernel failure (build, import, runtime) -> next kernel
+            errors.append(f"{backend}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+            warn0(f"GPTQ kernel {backend} failed on {model_dir} ({errors[-1]}); trying the next one")
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    raise RuntimeError(f"no GPTQ kernel could load and run {model_dir}:\n  " + "\n  ".join(errors)
+                       + "\n  -> docs/gpu.md (GPTQ kernels): gptq_torch needs nothing but torch and gptqmodel")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import config as C
-from .dist import is_main, print0, world_size
+from .dist import device_capability, is_main, mixed_precision_for, print0, world_size
 from .io import append_jsonl, atomic_dir, atomic_write_json
 
 STATE_FILE = "loop_state.json"
@@ -34,7 +34,7 @@ class LoraArgs:
     """Base model loading + LoRA shape, shared by every LoRA training stage (defaults: the LMSYS seed)."""
 
     quant: str = C.field("", help="'nf4' = QLoRA 4-bit base (CUDA), '' = full-precision base")
-    dtype: str = C.field("auto", help="base weights dtype: auto (bf16 GPU / fp32 CPU), fp32, bf16, fp16")
+    dtype: str = C.field("auto", help="base weights dtype: auto (bf16 from sm80, fp16 on T4, fp32 CPU), fp32, bf16, fp16")
     attn_implementation: str = C.field("", help="'' = transformers default (sdpa); 'eager' for Gemma2 softcapping")
     lora_r: int = C.field(64, help="LoRA rank")
     lora_alpha: int = C.field(128, help="LoRA alpha (scale = alpha / r)")
@@ -61,14 +61,11 @@ class TrainArgs:
 
 
 def make_accelerator(grad_accum_steps: int, mixed_precision: str = "auto"):
-    """Accelerator for this process. ``auto`` = bf16 on CUDA with bf16 support, fp16 on older GPUs, none on CPU."""
+    """Accelerator for this process. ``auto`` = bf16 from sm80, fp16 below (T4), none on CPU."""
     from accelerate import Accelerator
 
-    if mixed_precision == "auto":
-        if torch.cuda.is_available():
-            mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            mixed_precision = "no"
+    # auto: by compute capability (dist.dtype_for_capability: bf16 from sm80, fp16 on T4, no on CPU)
+    mixed_precision = mixed_precision_for(device_capability(), mixed_precision)
     # Some imported package (DeepSpeed / GPTQModel) turns on INFO logging; checkpoint chatter is not a log line.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     # cpu=True on a machine without CUDA: accelerate only goes multi-process on CPU (gloo) when told so;

@@ -119,7 +119,8 @@ def test_report(done_run: Path) -> None:
     report = json.loads((done_run / "processed" / "report.json").read_text())
     assert report["rows_in"] == {"train": 300, "33k": 60, "ut": 60}
     assert report["rows_out"]["folds_dev_total"] == 300
-    assert report["removed"]["33k_prompt_in_train"] + report["rows_out"]["extra_used"]["33k"] == 60
+    assert report["rows_out"]["extra_used"]["33k"] == 60  # the whole 33k file, as the seed
+    assert report["removed"]["ut_duplicate_id"] == 0 and "33k_prompt_in_train" not in report["removed"]
     assert report["repairs"]["train"]["null_turn"] > 0
     for m in MODELS:
         s = report["models"][m]

@@ -86,8 +86,7 @@ def test_fold_files_need_allow_pickle_and_convert(tiny_model_dirs, tmp_path):
     rows = convert_fold(folder, tmp_path / "out", tok, ["tiny_qwen2", "tiny_llama"], allow_pickle=trusted)
     assert rows == {"train": 40, "dev": 10} and is_done(tmp_path / "out")
     train = pq.read_table(tmp_path / "out" / "train.parquet").to_pandas()
-    with open(folder / "train.parquet", "rb") as f:
-        seed = pickle.load(f)
+    seed = read_seed_frame(folder / "train.parquet", allow_pickle=trusted)  # the fixture we pickled above
     assert list(train.columns) == ["id", "swap", "label", "input_ids", "length", "source", "logits_tiny_qwen2",
                                    "logits_tiny_llama"]
     np.testing.assert_allclose(np.stack(train["logits_tiny_qwen2"]),

@@ -236,3 +236,40 @@ def test_predict_test_seed_exact_and_dump(tiny_model_dirs, tmp_path):
             assert all(r["input_ids"] == ref[(r["id"], r["swapped"])] for r in rows)
         else:
             assert all(r["input_ids"][0] == tok.bos_token_id and len(r["input_ids"]) <= 300 for r in rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. Extra data as the seed: UT shuffled, repeated ids dropped, >= 1,200-word rows dropped; 33k whole
+
+def _prepare(stage_module, root: Path, models_root: Path, files: dict, **prepare) -> dict:
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, frame in files.items():
+        frame.to_csv(data / f"{name}.csv", index=False)
+    profile = root / "profile.yaml"
+    profile.write_text(yaml.safe_dump({
+        "common": {"seed": 5, "n_folds": 2, "data_dir": str(data), "processed_dir": str(root / "processed"),
+                   "model_dir": str(models_root), "teachers": [], "student": "tiny_qwen2"},
+        "prepare": {"folds_csv": str(root / "folds.csv"), "max_length": 4096, **prepare}}))
+    assert stage_module("02_prepare_data").main(["--config", str(profile)]) == 0
+    return json.loads((root / "processed" / "report.json").read_text())
+
+
+def test_extra_data_as_the_seed(stage_module, tiny_models_root, tmp_path):
+    files, _ = make_sample(n_train=40, n_test=2, n_33k=10, n_ut=12, seed=8)
+    files = {"train": files["train"], "extra_33k": files["extra_33k"].copy(), "extra_ut": files["extra_ut"].copy()}
+    files["extra_33k"].loc[0, "prompt"] = files["train"]["prompt"].iloc[0]  # a 33k row reusing a train prompt
+    ut = files["extra_ut"]
+    ut.loc[1, "id"] = ut.loc[0, "id"]  # a repeated id: dropped, not an error
+    ut.loc[2, ["response_a", "response_b"]] = [json.dumps([" ".join(["w"] * 650)])] * 2  # 1,300+28 words
+    ut.loc[3, ["response_a", "response_b"]] = [json.dumps([" ".join(["w"] * 500)])] * 2  # 1,000+28: kept
+    report = _prepare(stage_module, tmp_path / "seed", tiny_models_root, files)
+    assert report["rows_out"]["extra_used"]["33k"] == 10  # the whole file
+    assert report["removed"] == {"ut_duplicate_id": 1, "ut_long_tiny_qwen2": 1}
+    ut_out = pd.read_parquet(tmp_path / "seed" / "processed" / "tiny_qwen2_ut" / "train.parquet")
+    assert len(ut_out) == 2 * (12 - 2)  # both orientations of the kept rows
+    report = _prepare(stage_module, tmp_path / "ours", tiny_models_root, files, extra_prompt_filter=True,
+                      ut_max_words=0)
+    dropped = report["removed"]["33k_prompt_in_train"]
+    assert dropped >= 1 and report["rows_out"]["extra_used"]["33k"] == 10 - dropped
+    assert "ut_long_tiny_qwen2" not in report["removed"]

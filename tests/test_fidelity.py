@@ -268,6 +268,11 @@ def test_extra_data_as_the_seed(stage_module, tiny_models_root, tmp_path):
     assert report["removed"] == {"ut_duplicate_id": 1, "ut_long_tiny_qwen2": 1}
     ut_out = pd.read_parquet(tmp_path / "seed" / "processed" / "tiny_qwen2_ut" / "train.parquet")
     assert len(ut_out) == 2 * (12 - 2)  # both orientations of the kept rows
+    # Qwen2 adds no BOS: processed rows start with the template itself
+    tok = load_tokenizer(tiny_models_root / "tiny_qwen2")
+    head = tok(at.PROMPT_HEAD, add_special_tokens=False)["input_ids"]
+    fold = pd.read_parquet(tmp_path / "seed" / "processed" / "tiny_qwen2fold0" / "train.parquet")
+    assert at.bos_ids(tok) == [] and all(list(x[:len(head)]) == head for x in fold["input_ids"])
     report = _prepare(stage_module, tmp_path / "ours", tiny_models_root, files, extra_prompt_filter=True,
                       ut_max_words=0)
     dropped = report["removed"]["33k_prompt_in_train"]

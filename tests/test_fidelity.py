@@ -151,6 +151,14 @@ def test_seed_cell_parsing_is_evals():
         seed_parse_cell(float("nan"))
 
 
+def test_seed_exact_too_small_max_length_is_a_named_error(tiny_model_dirs):
+    """The seed's trimming loop never ends when the prompt alone exceeds max_length: ours stops, naming the row."""
+    tok = load_tokenizer(tiny_model_dirs["tiny_gemma2"])
+    long = json.dumps([" ".join(["word"] * 400)])
+    with pytest.raises(ArenaParseError, match="id 77: .*too small"):
+        seed_encode(tok, [long], [long], [long], max_length=40, row_ids=[77])
+
+
 def _seed_frames() -> list[pd.DataFrame]:
     """The sample data's test rows, long rows that force every truncation branch, and the messy fixtures."""
     files, _ = make_sample(n_train=40, n_test=30, n_33k=0, n_ut=0, seed=4)

@@ -143,7 +143,12 @@ def seed_encode(tokenizer: Any, prompt_cells: Sequence[Any], a_cells: Sequence[A
     for j, i in enumerate(over):
         q_len = len(requery[j])
         if q_len + len(a_ids[i]) + len(b_ids[i]) > max_length:
-            la, lb = seed_trim_answers(len(a_ids[i]), len(b_ids[i]), max_length - q_len)
+            try:
+                la, lb = seed_trim_answers(len(a_ids[i]), len(b_ids[i]), max_length - q_len)
+            except ValueError as exc:
+                raise ArenaParseError(f"id {ids_of[i]}: {exc}; max_length={max_length} is too small for the "
+                                      f"seed's rule (its prompt alone takes {q_len} tokens; the seed uses "
+                                      f"{SEED_MAX_LENGTH})") from None
             ans_a[i] = tokenizer.decode(a_ids[i][:la])
             ans_b[i] = tokenizer.decode(b_ids[i][:lb])
     straight_texts = [seed_template(q, a, b) for q, a, b in zip(query, ans_a, ans_b)]

@@ -52,7 +52,7 @@ from arena_distill.metrics import log_loss, softmax  # noqa: E402
 from arena_distill.predict import (gather_parts, load_for_prediction, resolve_model_source, run_tag,  # noqa: E402
                                    tta_combine, write_part, write_submission)
 from arena_distill.scoring import score_classifier  # noqa: E402
-from arena_distill.seed_encoding import read_seed_test_csv, seed_encode  # noqa: E402
+from arena_distill.seed_encoding import read_seed_test_csv, seed_encode, seed_pooling_view  # noqa: E402
 from arena_distill.readers import read_csv  # noqa: E402
 
 
@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
            f"max {lengths.max() if n else 0}, encoded in {encode_s:.1f} s, dtype {next(model.parameters()).dtype}")
 
     # ------------------------------------------------------------------------------------- scoring
+    if cfg.encoding_mode == "seed_exact":  # the seed pools before the first EOS id (an EOS text inside a row)
+        sequences = seed_pooling_view(sequences, tokenizer.eos_token_id)
     idx, logits, stats = score_classifier(model, sequences, tokenizer.pad_token_id, batch_size=cfg.batch_size,
                                          max_tokens=cfg.max_tokens or None, sort=cfg.sort, shard=(rk, world),
                                          device=device, desc=f"predict[{rk}/{world}]")

@@ -50,6 +50,27 @@ def test_pooled_token_is_the_one_before_the_final_eos(tiny_model_dirs, name):
         assert not torch.allclose(pooled[i], per_token[i, len(row) - 1], atol=1e-6)
 
 
+def test_seed_pooling_view_reads_the_seeds_token(tiny_model_dirs):
+    """The seed's classifier pools `first EOS - 1` (src/predict_test.py:287); a row whose text holds the EOS text
+    is cut after its first EOS, and transformers' pooling then reads that same token."""
+    from arena_distill.seed_encoding import seed_pooling_view
+
+    folder = tiny_model_dirs["tiny_gemma2"]
+    tok = load_tokenizer(folder)
+    model = load_classifier(folder, dtype=torch.float32, pad_token_id=tok.pad_token_id).eval()
+    enc = seed_encode(tok, ['["say <eos> please"]', '["plain"]'], ['["a"]', '["b"]'], ['["c"]', '["d"]'])
+    full = enc.straight
+    assert full[0].count(tok.eos_token_id) == 2 and full[1].count(tok.eos_token_id) == 1
+    cut = seed_pooling_view(full, tok.eos_token_id)
+    assert cut[1] == full[1] and cut[0] == full[0][:full[0].index(tok.eos_token_id) + 1]
+    with torch.no_grad():
+        for seq, view in zip(full, cut):
+            per_token = model.score(model.model(input_ids=torch.tensor([seq])).last_hidden_state)[0]
+            seed_pos = seq.index(tok.eos_token_id) - 1  # torch.eq(ids, pad).int().argmax(-1) - 1
+            torch.testing.assert_close(model(input_ids=torch.tensor([view])).logits[0], per_token[seed_pos],
+                                       atol=1e-5, rtol=0)
+
+
 def test_load_tokenizer_own_pad_keeps_the_models_pad(tiny_model_dirs):
     tok = load_tokenizer(tiny_model_dirs["tiny_gemma2"], pad="own")
     assert tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id

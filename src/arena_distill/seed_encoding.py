@@ -17,6 +17,8 @@ encoding=seed_exact`` feeds it the very token ids the seed's script would, row f
   text ``<bos>`` after this round trip, exactly as in the seed).
 - The 4-space indented template of lines 60-68, tokenized whole with ``tokenizer(text)`` (BOS included),
   one EOS appended; TTA (lines 114-156): the same truncated parts with the answers swapped in the template.
+- Pooling (line 287): the seed's classifier reads the token before the *first* pad (= EOS) id; a row whose
+  text holds the EOS token text is scored through ``seed_pooling_view`` so the same token is read.
 
 The one deviation: a lone UTF-16 surrogate (``"\\ud83d"`` escapes in a cell) cannot be passed to a Rust
 tokenizer at all (the seed's script stops there with a TypeError); such text is repaired first
@@ -157,6 +159,18 @@ def seed_encode(tokenizer: Any, prompt_cells: Sequence[Any], a_cells: Sequence[A
     straight = [ids + [eos] for ids in enc(straight_texts)]  # lines 188-191
     swapped = [ids + [eos] for ids in enc(swapped_texts)]
     return SeedEncoded(straight, swapped, straight_texts, repairs)
+
+
+def seed_pooling_view(sequences: Sequence[Sequence[int]], eos_id: int) -> list[list[int]]:
+    """Sequences cut after their first EOS, so that transformers' pooling (rightmost non-pad token, pad = EOS)
+    reads the token the seed's own classifier reads: ``first pad position - 1`` (src/predict_test.py:287).
+    The hidden state there depends only on earlier tokens (causal attention), so cutting changes nothing else;
+    rows without an EOS inside their text (nearly all) are unchanged."""
+    out = []
+    for seq in sequences:
+        seq = list(seq)
+        out.append(seq[:seq.index(eos_id) + 1] if eos_id in seq else seq)
+    return out
 
 
 def read_seed_test_csv(path: Any) -> Any:

@@ -25,8 +25,10 @@ The seed ships two things a user can start from instead of training the 70B teac
    ``torch.load(weights_only=True)``: tensors only, no code.
 
 Launch (repository root):
-    python -m arena_distill.seed_artifacts --config configs/a100x8.yaml fold=0 seed_fold_dir=<seed>/data/processed_data/orgemma2fold0 allow_pickle=true
-    python -m arena_distill.seed_artifacts --config configs/a100x8.yaml seed_adapter=<seed>/model_save_or/v7_ut_gemma_v7_64r128_ddgemma2_16bit/epoch_0_model/adapter.bin
+    PYTHONPATH=src python -m arena_distill.seed_artifacts --config configs/a100x8.yaml fold=0 \
+        seed_fold_dir=<seed>/data/processed_data/orgemma2fold0 allow_pickle=true
+    PYTHONPATH=src python -m arena_distill.seed_artifacts --config configs/a100x8.yaml \
+        seed_adapter=<seed>/model_save_or/v7_ut_gemma_v7_64r128_ddgemma2_16bit/epoch_0_model/adapter.bin
 ``src_fast/run_pipeline_fast.sh`` runs these when SEED_DATA / SEED_ADAPTER are set.
 """
 from __future__ import annotations
@@ -107,7 +109,8 @@ def seed_fold_table(frame: Any, tokenizer: Any, teachers: Sequence[str], *, file
     order = frame["order_index"].to_numpy(np.int64) if "order_index" in frame.columns else None
     ids = frame["id"].to_numpy(np.int64) if "id" in frame.columns else (
         order if order is not None else np.arange(len(frame), dtype=np.int64))
-    source = np.where(order >= SEED_33K_ORDER_BASE, "33k", "train") if order is not None else np.full(len(frame), "train")
+    source = (np.where(order >= SEED_33K_ORDER_BASE, "33k", "train") if order is not None
+              else np.full(len(frame), "train"))
     swap = frame["reverse"].astype(bool).to_numpy() if "reverse" in frame.columns else np.zeros(len(frame), bool)
     texts = frame["text"].tolist()
     not_text = [i for i, t in enumerate(texts) if not isinstance(t, str)]
@@ -184,7 +187,8 @@ def convert_adapter(adapter_bin: str | Path, out_dir: str | Path, *, lora_alpha:
         elif key.endswith("score.weight"):
             converted["base_model.model.score.weight"] = value.contiguous()
         else:
-            raise StageInputError(f"{adapter_bin}: unexpected key {key!r} (expected LoRA A/B weights and the score head)")
+            raise StageInputError(f"{adapter_bin}: unexpected key {key!r} (expected LoRA A/B weights and the "
+                                  f"score head)")
     if len(ranks) != 1:
         raise StageInputError(f"{adapter_bin}: LoRA ranks {sorted(ranks)}: expected one rank")
     r = ranks.pop()
@@ -226,7 +230,8 @@ class SeedArtifactsConfig:
         if not self.student:
             raise C.ConfigError("student= is required")
         if not self.seed_fold_dir and not self.seed_adapter:
-            raise C.ConfigError("nothing to do: set seed_fold_dir=<seed>/orgemma2fold<k> and/or seed_adapter=<adapter.bin>")
+            raise C.ConfigError("nothing to do: set seed_fold_dir=<seed>/orgemma2fold<k> and/or "
+                                "seed_adapter=<adapter.bin>")
         if not self.seed_teachers:
             by_kind = [next((t for t in self.teachers if k in t.lower()), None) for k in ("qwen", "llama")]
             if None in by_kind:

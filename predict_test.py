@@ -22,6 +22,13 @@ order reuses the same part tokens. Rows are scored in length-sorted batches (no 
 longest row), logits are put back in file order, and with ``tta=true`` the swapped probabilities are
 mapped back ([pB, pA, pT] -> [pA, pB, pT]) and averaged with the straight ones. Dtype: bf16 on GPUs that
 have it, fp16 on older ones (T4), fp32 on CPU. Not a cached stage: every run predicts afresh.
+
+Encodings (``encoding_mode=``; ``encoding=`` is the CSV's text encoding):
+    ours        the training data's encoding (``arena_text.encode_rows``: BOS by the tokenizer's convention,
+                the seed's template and truncation rules; keys inherited from ``prepare``)
+    seed_exact  the seed's ``src/predict_test.py`` byte for byte (``arena_distill.seed_encoding``): for the
+                seed's published 8-bit model, which was trained on the seed's rows (docs/fidelity.md)
+``dump_encodings=<path>`` writes the scored sequences as JSONL (``id``, ``swapped``, ``input_ids``).
 """
 from __future__ import annotations
 
@@ -40,11 +47,12 @@ from arena_distill import config as C  # noqa: E402
 from arena_distill.arena_text import (PROMPT_MAX_TOKENS, PROMPT_MAX_WORDS, RESPONSE_MAX_WORDS,  # noqa: E402
                                       encode_batch, encode_batch_both, read_arena_csv)
 from arena_distill.dist import pick_device, print0, rank, world_size  # noqa: E402
-from arena_distill.io import atomic_write_json, require, run_stage  # noqa: E402
+from arena_distill.io import atomic_write_json, atomic_write_jsonl, require, run_stage  # noqa: E402
 from arena_distill.metrics import log_loss, softmax  # noqa: E402
 from arena_distill.predict import (gather_parts, load_for_prediction, resolve_model_source, run_tag,  # noqa: E402
                                    tta_combine, write_part, write_submission)
 from arena_distill.scoring import score_classifier  # noqa: E402
+from arena_distill.seed_encoding import read_seed_test_csv, seed_encode, seed_pooling_view  # noqa: E402
 from arena_distill.readers import read_csv  # noqa: E402
 
 
@@ -67,6 +75,15 @@ class PredictConfig:
     prompt_max_words: int | None = C.field(None, help="prompt word cap; unset = prepare's")
     response_max_words: int | None = C.field(None, help="per-response word cap; unset = prepare's")
     truncation_side: Literal["right", "left"] | None = C.field(None, help="unset = prepare's")
+    word_split: Literal["seed", "whitespace"] | None = C.field(None, help="word caps on split(' ') or \\S+; "
+                                                                "unset = prepare's")
+    prompt_cap: Literal["seed", "always"] | None = C.field(None, help="unset = prepare's")
+    bos: Literal["auto", "none"] | None = C.field(None, help="unset = prepare's")
+    # Not `encoding`: that key is the CSV's text encoding (utf-8-sig).
+    encoding_mode: Literal["ours", "seed_exact"] = C.field("ours", help="ours = the training data's encoding; "
+                                                           "seed_exact = the seed's predict_test.py byte for byte "
+                                                           "(for the seed's published model)")
+    dump_encodings: str = C.field("", help="write the scored sequences here as JSONL (id, swapped, input_ids)")
     bad_json: Literal["error", "repair"] = C.field("repair", help="a non-JSON text cell: keep it as raw text "
                                                    "(repair) or stop (error)")
     encoding: str = C.field("utf-8-sig", help="text encoding of test_csv: UTF-8 (a byte-order mark dropped); e.g. "
@@ -108,7 +125,8 @@ def inherit_truncation(cfg: PredictConfig) -> None:
     prepare = C.read_profile(cfg.__dict__["_profile_path"]).get("prepare", {}) if "_profile_path" in cfg.__dict__ \
         else {}
     defaults = {"prompt_max_tokens": PROMPT_MAX_TOKENS, "prompt_max_words": PROMPT_MAX_WORDS,
-                "response_max_words": RESPONSE_MAX_WORDS, "truncation_side": "right"}
+                "response_max_words": RESPONSE_MAX_WORDS, "truncation_side": "right", "word_split": "seed",
+                "prompt_cap": "seed", "bos": "auto"}
     for key, default in defaults.items():
         if getattr(cfg, key) is None:
             setattr(cfg, key, prepare.get(key, default))
@@ -130,7 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
                                         cfg.adapter_dir or Path(cfg.save_dir) / f"{cfg.student}_avg")
     print0(f"[predict] test {test_csv} | model {kind}: {folder} | device {device} | world {world} | "
            f"max_length {cfg.max_length} | tta {cfg.tta} | sorted {cfg.sort}")
-    test = read_arena_csv(test_csv, kind="test", bad_json=cfg.bad_json, encoding=cfg.encoding)
+    if cfg.encoding_mode == "seed_exact":  # the seed reads with pandas' defaults and parses cells itself
+        test = read_seed_test_csv(test_csv)
+        test["id"] = pd.to_numeric(test["id"], errors="raise")
+    else:
+        test = read_arena_csv(test_csv, kind="test", bad_json=cfg.bad_json, encoding=cfg.encoding)
     ids = test["id"].to_numpy()
     n = len(test)
 
@@ -140,19 +162,32 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     enc_kw = dict(max_length=cfg.max_length, prompt_max_tokens=cfg.prompt_max_tokens,
                   prompt_max_words=cfg.prompt_max_words, response_max_words=cfg.response_max_words,
-                  truncation_side=cfg.truncation_side)
+                  truncation_side=cfg.truncation_side, word_split=cfg.word_split, prompt_cap=cfg.prompt_cap,
+                  bos=cfg.bos)
     prompts, resp_a, resp_b = test["prompt"].tolist(), test["response_a"].tolist(), test["response_b"].tolist()
-    if cfg.tta:  # both orders from one tokenization of the parts
+    if cfg.encoding_mode == "seed_exact":  # the seed's own encoding, both orders (its TTA)
+        seed = seed_encode(tokenizer, prompts, resp_a, resp_b, max_length=cfg.max_length, row_ids=ids.tolist())
+        sequences = seed.straight + (seed.swapped if cfg.tta else [])
+        if seed.repairs:
+            print0(f"[predict] seed_exact: repaired text the seed's tokenizer call cannot take: {dict(seed.repairs)}")
+    elif cfg.tta:  # both orders from one tokenization of the parts
         straight, swapped = encode_batch_both(tokenizer, prompts, resp_a, resp_b, **enc_kw)
         sequences = straight.input_ids + swapped.input_ids
     else:
         sequences = encode_batch(tokenizer, prompts, resp_a, resp_b, **enc_kw)
     encode_s = time.perf_counter() - t0
+    if cfg.dump_encodings and rk == 0:
+        atomic_write_jsonl(cfg.dump_encodings, [{"id": int(ids[i % n]) if n else 0, "swapped": i >= n,
+                                                 "input_ids": [int(t) for t in seq]}
+                                                for i, seq in enumerate(sequences)])
+        print0(f"[predict] wrote {len(sequences)} encodings ({cfg.encoding_mode}) to {cfg.dump_encodings}")
     lengths = np.array([len(s) for s in sequences])
     print0(f"[predict] {n} rows, {len(sequences)} sequences, tokens mean {lengths.mean() if n else 0:.0f} "
            f"max {lengths.max() if n else 0}, encoded in {encode_s:.1f} s, dtype {next(model.parameters()).dtype}")
 
     # ------------------------------------------------------------------------------------- scoring
+    if cfg.encoding_mode == "seed_exact":  # the seed pools before the first EOS id (an EOS text inside a row)
+        sequences = seed_pooling_view(sequences, tokenizer.eos_token_id)
     idx, logits, stats = score_classifier(model, sequences, tokenizer.pad_token_id, batch_size=cfg.batch_size,
                                          max_tokens=cfg.max_tokens or None, sort=cfg.sort, shard=(rk, world),
                                          device=device, desc=f"predict[{rk}/{world}]")
@@ -170,7 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = write_submission(cfg.out, ids, probs, test_ids=ids)
     report = {"test_csv": str(test_csv), "rows": n, "model_source": kind, "model": str(folder),
               "device": str(device), "world_size": world, "dtype": str(next(model.parameters()).dtype),
-              "max_length": cfg.max_length, "tta": cfg.tta, "sorted": cfg.sort, "batch_size": cfg.batch_size,
+              "max_length": cfg.max_length, "tta": cfg.tta, "encoding_mode": cfg.encoding_mode,
+              "encode_options": ({"seed_exact": True, "max_length": cfg.max_length} if cfg.encoding_mode == "seed_exact"
+                                 else enc_kw), "sorted": cfg.sort, "batch_size": cfg.batch_size,
               "max_tokens": cfg.max_tokens, "encode_seconds": round(encode_s, 2),
               "rank0_scoring": stats, "total_seconds": round(time.perf_counter() - t_start, 2),
               "submission": str(out)}

@@ -29,9 +29,15 @@ the column: a missing column, a non-integer or duplicate id, a label row that is
 0/1, not summing to 1), and a non-JSON text cell when bad_json=error. Documented repairs are counted in
 the report (see arena_distill/arena_text.py: null turns, [null] cells, lone surrogates, non-JSON cells
 with bad_json=repair). Exact duplicate rows (same prompt and answers) are all kept and put in the same
-fold, so a duplicate never sits on both sides of a split. Extra rows whose prompt appears in train are
-dropped (counted); extra rows get new ids (10**12 + row for 33k, 2 * 10**12 + row for UT) so that
-(id, swap) stays a unique key across sources.
+fold, so a duplicate never sits on both sides of a split. Extra data as the seed (src/prepare_data.py:168-300,
+src/prepare_data_ut.py:209-226): the 33k file is added whole (it is deduplicated upstream;
+extra_prompt_filter=true drops its rows whose prompt is a train prompt, counted); UT rows are shuffled
+(ut_shuffle_seed), rows with an id seen before are dropped (counted, not an error), and rows whose seed
+text has ut_max_words words or more are dropped (counted). Extra rows get new ids (10**12 + row for 33k,
+2 * 10**12 + row for UT) so that (id, swap) stays a unique key across sources.
+
+Encoding (arena_text.encode_rows): BOS by the tokenizer's convention (bos=auto), seed word split
+(word_split=seed), prompt capped only when the row does not fit (prompt_cap=seed); see docs/fidelity.md.
 
 Resume/skip: a model whose output folders all have DONE.json made with the same settings is skipped;
 force=true rebuilds. A done folder made with different settings is an error (re-run with force=true,
@@ -92,6 +98,18 @@ class PrepareConfig:
     response_max_words: int = field(700, help="per-response word cap before tokenizing (seed: 700)")
     truncation_side: Literal["right", "left"] = field("right", help="right keeps each part's start (seed); "
                                                       "left keeps its end (reported as a large gain)")
+    word_split: Literal["seed", "whitespace"] = field("seed", help="word caps count text.split(' ') pieces (seed) "
+                                                      "or \\S+ runs (whitespace)")
+    prompt_cap: Literal["seed", "always"] = field("seed", help="cap the prompt at prompt_max_tokens only when the "
+                                                  "row does not fit max_length (seed), or in every row")
+    bos: Literal["auto", "none"] = field("auto", help="start rows with the tokenizer's own BOS convention "
+                                         "(auto: Gemma-2/Llama-3 yes, Qwen2 no) or never (none)")
+    extra_prompt_filter: bool = field(False, help="drop 33k/UT rows whose prompt is a train prompt (the seed adds "
+                                      "the whole pre-deduplicated 33k file: false)")
+    ut_shuffle_seed: int = field(2023, help="UT rows are shuffled with this seed before duplicate ids are dropped "
+                                 "(seed: 2023)")
+    ut_max_words: int = field(1200, help="drop UT rows whose seed text has this many space-separated words or more "
+                              "(seed: 1200; 0 = keep all)")
     swap_augment: bool = field(True, help="add an A/B-swapped copy of every training row (label 0<->1)")
     bad_json: Literal["error", "repair"] = field("repair", help="non-JSON text cell: error, or keep the raw "
                                                  "text as one turn (counted in the report)")
@@ -117,7 +135,11 @@ class PrepareConfig:
 # Settings that change the outputs: a done folder made with other values is stale.
 FINGERPRINT_KEYS = ("seed", "n_folds", "train_csv", "extra_33k_csv", "extra_ut_csv", "use_33k", "use_ut",
                     "ut_in_folds", "max_length", "prompt_max_tokens", "prompt_max_words", "response_max_words",
-                    "truncation_side", "swap_augment", "bad_json", "encoding")
+                    "truncation_side", "swap_augment", "bad_json", "encoding", "word_split", "prompt_cap", "bos",
+                    "extra_prompt_filter", "ut_shuffle_seed", "ut_max_words")
+# What a folder made before a key existed was built with: compared as such, so old data are stale, not reused.
+LEGACY_FINGERPRINT = {"word_split": "whitespace", "prompt_cap": "always", "bos": "none",
+                      "extra_prompt_filter": True, "ut_shuffle_seed": None, "ut_max_words": 0}
 
 
 FINGERPRINT_FILE = "prepare_fingerprint.json"  # its own file: later stages may rewrite DONE.json/config.yaml
@@ -125,7 +147,9 @@ FINGERPRINT_FILE = "prepare_fingerprint.json"  # its own file: later stages may 
 
 def _read_fingerprint(folder: Path) -> dict:
     path = folder / FINGERPRINT_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    return {**LEGACY_FINGERPRINT, **json.loads(path.read_text(encoding="utf-8"))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,21 +189,27 @@ def main(argv: list[str] | None = None) -> int:
     for src, path in paths.items():
         repairs[src] = Counter()
         sources[src] = at.read_arena_csv(path, kind="train", bad_json=cfg.bad_json, repairs=repairs[src],
-                                         encoding=cfg.encoding)
+                                         encoding=cfg.encoding, duplicate_ids="keep" if src == "ut" else "error")
     train = sources["train"]
     rows_in = {src: len(df) for src, df in sources.items()}
     fingerprint["rows_in"] = rows_in  # which sources were used, and how many rows each had
 
-    # Extra data: drop rows whose prompt is a train prompt (counted), give new ids.
+    # Extra data as the seed: UT shuffled, repeated ids dropped (src/prepare_data_ut.py:209-215); 33k whole.
+    # Optionally drop rows whose prompt is a train prompt (counted); then give new ids.
     train_prompts = set(train["prompt"])
-    extra_dropped = {}
+    extra_dropped: dict[str, int] = {}
+    if "ut" in sources:
+        ut = sources["ut"].sample(frac=1.0, random_state=cfg.ut_shuffle_seed)
+        extra_dropped["ut_duplicate_id"] = int(ut["id"].duplicated().sum())
+        sources["ut"] = ut.drop_duplicates("id").reset_index(drop=True)
     for src in ("33k", "ut"):
         if src in sources:
             df = sources[src]
             df["id"] = EXTRA_ID_BASE[src] + np.arange(len(df), dtype=np.int64)
-            dup = df["prompt"].isin(train_prompts)
-            extra_dropped[src] = int(dup.sum())
-            sources[src] = df[~dup].reset_index(drop=True)
+            if cfg.extra_prompt_filter:
+                dup = df["prompt"].isin(train_prompts)
+                extra_dropped[f"{src}_prompt_in_train"] = int(dup.sum())
+                sources[src] = df[~dup].reset_index(drop=True)
     if int(train["id"].max()) >= EXTRA_ID_BASE["33k"]:
         raise StageInputError(f"{cfg.train_csv}: ids reach {int(train['id'].max())}, which collides with the "
                               f"extra-data id range starting at {EXTRA_ID_BASE['33k']}")
@@ -257,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                 tok, data["prompt"].tolist(), data["response_a"].tolist(), data["response_b"].tolist(),
                 max_length=cfg.max_length, prompt_max_tokens=cfg.prompt_max_tokens,
                 prompt_max_words=cfg.prompt_max_words, response_max_words=cfg.response_max_words,
-                truncation_side=cfg.truncation_side)
+                truncation_side=cfg.truncation_side, word_split=cfg.word_split, prompt_cap=cfg.prompt_cap,
+                bos=cfg.bos)
         except ValueError as exc:
             raise StageInputError(f"tokenizer of model '{name}' ({Path(cfg.model_dir) / name}): {exc}") from None
         seconds = time.perf_counter() - t0
@@ -289,9 +320,20 @@ def main(argv: list[str] | None = None) -> int:
                 atomic_write_json(tmp / FINGERPRINT_FILE, fingerprint)
                 mark_done(tmp, rows={s: t.num_rows for s, t in tables.items()}, **info)
 
+        # UT rows of ut_max_words words or more are dropped as the seed (src/prepare_data_ut.py:222-226), which
+        # counts text.split(' ') of its indented template text after truncation: 28 words + the spaces of the
+        # three truncated parts (our decoded row holds the parts plus 3 template spaces).
+        is_ut = (data["source"] == "ut").to_numpy()
+        keep = np.ones(len(data), dtype=bool)
+        if cfg.ut_max_words and is_ut.any():
+            ut_idx = np.flatnonzero(is_ut)
+            texts = tok.batch_decode([orig.input_ids[i] for i in ut_idx])
+            words = np.array([t.count(" ") - 3 + 28 for t in texts])
+            keep[ut_idx[words >= cfg.ut_max_words]] = False
+            extra_dropped[f"ut_long_{name}"] = int((~keep).sum())  # per tokenizer
         is_train = (data["source"] == "train").to_numpy()
         fold = data["fold"].to_numpy()
-        in_folds = data["source"].isin(["train", "33k"] + (["ut"] if cfg.ut_in_folds else [])).to_numpy()
+        in_folds = keep & data["source"].isin(["train", "33k"] + (["ut"] if cfg.ut_in_folds else [])).to_numpy()
         stats = {
             "tokenize_seconds": round(seconds, 2),
             "length_percentiles": at.percentiles(orig.lengths[is_train]),
@@ -306,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             write_folder(processed / f"{name}fold{k}",
                          {"train": table(trn, cfg.swap_augment), "dev": table(dev, False)}, fold=k, stats=stats)
         if write_ut:
-            write_folder(processed / f"{name}_ut", {"train": table((data["source"] == "ut").to_numpy(),
-                                                                   cfg.swap_augment)}, stats=stats)
+            write_folder(processed / f"{name}_ut", {"train": table(is_ut & keep, cfg.swap_augment)}, stats=stats)
         model_stats[name] = stats
         print0(f"[{name}] tokenized {len(data)} rows x 2 orientations in {seconds:.1f} s; length p50/p99/max "
                f"{stats['length_percentiles']['p50']:.0f}/{stats['length_percentiles']['p99']:.0f}/"
@@ -330,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           for s in ("33k", "ut") if s in sources
                                                           and (s == "33k" or cfg.ut_in_folds)))
                                              for k in range(cfg.n_folds)}},
-        "removed": {f"{s}_prompt_in_train": n for s, n in extra_dropped.items()},
+        "removed": extra_dropped,
         "extra_missing": extra_missing,
         "repairs": {s: dict(c) for s, c in repairs.items()},
         "duplicates": {"exact_duplicate_groups": n_dup_groups,
@@ -343,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     md = [f"# Data report ({time.strftime('%Y-%m-%d %H:%M')})", "",
           f"- rows in: {rows_in}; every train row is in exactly one dev fold ({report['rows_out']['folds_dev_total']})",
-          f"- extra rows used: {report['rows_out']['extra_used']}; dropped (prompt in train): {report['removed']}"
+          f"- extra rows used: {report['rows_out']['extra_used']}; dropped: {report['removed']}"
           + (f"; files not found: {extra_missing}" if extra_missing else ""),
           f"- repairs: {report['repairs']}",
           f"- exact duplicate groups: {n_dup_groups} (kept, each in one fold)",
@@ -359,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             md.append(f"| {name} | {lp['p50']:.0f} | {lp['p90']:.0f} | {lp['p99']:.0f} | {lp['p100']:.0f} | "
                       f"{s['raw_token_percentiles']['p99']:.0f} | {s['text_truncated_rate']:.1%} | "
                       f"{s['token_truncated_rate']:.1%} | {s['at_max_length_rate']:.1%} |")
-    md.append(f"\nmax_length {cfg.max_length}, truncation_side {cfg.truncation_side}, swap {cfg.swap_augment}; "
+    md.append(f"\nmax_length {cfg.max_length}, truncation_side {cfg.truncation_side}, word_split {cfg.word_split}, "
+              f"prompt_cap {cfg.prompt_cap}, bos {cfg.bos}, swap {cfg.swap_augment}; "
               f"{report['seconds']} s")
     atomic_write_json(processed / "report.json", report)
     atomic_write_text(processed / "report.md", "\n".join(md) + "\n")

@@ -185,10 +185,22 @@ def test_labels_and_swap() -> None:
 
 def test_truncate_words_keeps_spacing() -> None:
     text = "one  two\nthree\n\nfour five"
-    assert at.truncate_words(text, 3) == "one  two\nthree"
-    assert at.truncate_words(text, 3, "left") == "three\n\nfour five"
-    assert at.truncate_words(text, 10) == text and at.truncate_words(text, 0) == ""
-    assert len(at.truncate_words(" ".join(["w"] * 1000), 700).split()) == 700
+    assert at.truncate_words(text, 3, split="whitespace") == "one  two\nthree"
+    assert at.truncate_words(text, 3, "left", split="whitespace") == "three\n\nfour five"
+    assert at.truncate_words(text, 10, split="whitespace") == text and at.truncate_words(text, 0) == ""
+    assert len(at.truncate_words(" ".join(["w"] * 1000), 700, split="whitespace").split()) == 700
+
+
+def test_truncate_words_seed_split_is_the_seeds_expression() -> None:
+    # The seed (src/prepare_data.py:75-77): ' '.join(text.split(' ')[:n]); a double space makes an empty
+    # word and a newline separates nothing.
+    texts = ["one  two\nthree\n\nfour five", "a b c d e", "", " lead", "x\ty z  ", "no-spaces-at-all"]
+    for text in texts:
+        for n in range(0, 7):
+            assert at.truncate_words(text, n) == " ".join(text.split(" ")[:n]), (text, n)
+            if n:
+                assert at.truncate_words(text, n, "left") == " ".join(text.split(" ")[-n:]), (text, n)
+    assert at.truncate_words("one  two\nthree\n\nfour five", 3) == "one  two\nthree\n\nfour"
 
 
 def test_response_budgets_follow_the_seed_rule() -> None:
@@ -226,7 +238,7 @@ def _rows(seed: int = 0, n: int = 60) -> tuple[list[str], list[str], list[str]]:
 def test_encode_bounds(bpe_tok, side: str, max_length: int) -> None:
     p, a, b = _rows()
     enc = at.encode_batch_detailed(bpe_tok, p, a, b, max_length=max_length, prompt_max_tokens=40,
-                                   truncation_side=side)
+                                   truncation_side=side, prompt_cap="always")
     t_prompt, t_a, t_b, t_tail = at._template_ids(bpe_tok)
     for i, ids in enumerate(enc.input_ids):
         assert len(ids) <= max_length and ids[-1] == bpe_tok.eos_token_id and enc.lengths[i] == len(ids)
@@ -292,8 +304,50 @@ def test_encode_family_tokenizers_on_messy_rows(tiny_model_dirs: dict[str, Path]
         assert (enc.kept[nonempty_a, 1] > 0).all(), name
         short = enc.lengths < 256
         i = int(np.flatnonzero(short & ~enc.token_truncated)[0])
-        assert tok.decode(enc.input_ids[i]) == at.build_text(df["prompt"][i], df["response_a"][i],
-                                                              df["response_b"][i]) + tok.eos_token, name
+        bos = tok.bos_token if at.bos_ids(tok) else ""
+        assert tok.decode(enc.input_ids[i]) == bos + at.build_text(df["prompt"][i], df["response_a"][i],
+                                                                    df["response_b"][i]) + tok.eos_token, name
+
+
+def test_bos_follows_each_tokenizers_convention(tiny_model_dirs: dict[str, Path]) -> None:
+    """Rows start with BOS exactly where tokenizer(text) adds one (Gemma-2, Llama-3; not Qwen2), and the
+    BOS counts in max_length."""
+    from transformers import AutoTokenizer
+
+    df = at.read_arena_csv(FIXTURE, kind="train")
+    expect = {"tiny_gemma2": "<bos>", "tiny_llama": "<|begin_of_text|>", "tiny_qwen2": None}
+    for name, folder in tiny_model_dirs.items():
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        bos = expect[name]
+        assert at.bos_ids(tok) == ([tok.convert_tokens_to_ids(bos)] if bos else []), name
+        for max_length in (64, 256):
+            orig, swapped = at.encode_batch_both(tok, df["prompt"].tolist(), df["response_a"].tolist(),
+                                                 df["response_b"].tolist(), max_length=max_length)
+            for ids in orig.input_ids + swapped.input_ids:
+                assert len(ids) <= max_length, name
+                if bos:
+                    assert ids[0] == tok.convert_tokens_to_ids(bos) and ids.count(ids[0]) >= 1, name
+                else:
+                    assert tok.bos_token_id is None or ids[0] != tok.bos_token_id, name
+            assert any(n == max_length for n in orig.lengths), name  # the budget was reached, BOS included
+        plain = at.encode_batch(tok, ["q"], ["a"], ["b"], max_length=64, bos="none")[0]
+        with_bos = at.encode_batch(tok, ["q"], ["a"], ["b"], max_length=64)[0]
+        assert with_bos == at.bos_ids(tok) + plain, name
+
+
+def test_prompt_cap_applies_only_when_the_row_does_not_fit(bpe_tok) -> None:
+    """The seed keeps a long prompt whole when prompt + answers fit max_length (src/prepare_data.py:81-84)."""
+    prompt = " ".join(f"p{i}" for i in range(120))
+    n_prompt = len(bpe_tok(prompt, add_special_tokens=False)["input_ids"])
+    assert n_prompt > 40
+    seed = at.encode_batch_detailed(bpe_tok, [prompt], ["short"], ["answer"], max_length=1024, prompt_max_tokens=40)
+    always = at.encode_batch_detailed(bpe_tok, [prompt], ["short"], ["answer"], max_length=1024,
+                                      prompt_max_tokens=40, prompt_cap="always")
+    assert seed.kept[0][0] == n_prompt and not seed.token_truncated[0]
+    assert always.kept[0][0] == 40 and always.token_truncated[0]
+    long = " ".join(f"w{i}" for i in range(600))
+    tight = at.encode_batch_detailed(bpe_tok, [prompt], [long], [long], max_length=300, prompt_max_tokens=40)
+    assert tight.kept[0][0] == 40 and tight.lengths[0] == 300  # does not fit: capped as the seed
 
 
 def test_parse_is_json_not_eval() -> None:

@@ -601,6 +601,9 @@ def test_run_data_sh_tiny_profile_cut_train_csv(sample, tmp_path):
 ALLOWED: dict[tuple[str, str], str] = {
     ("src/arena_distill/readers.py", "yaml.load"): "Loader=_UniqueKeySafeLoader, a yaml.SafeLoader subclass that "
                                                    "also refuses duplicate keys",
+    ("src/arena_distill/seed_artifacts.py", "pickle.load"): "the seed's fold files are pickles; read only after "
+                                                            "the user passes allow_pickle=true (refused otherwise, "
+                                                            "tests/test_seed_artifacts.py)",
 }
 
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}

@@ -113,13 +113,20 @@ def test_ids_are_the_library_encoding(done_run: Path, tiny_models_root: Path) ->
     ids = at.encode_batch(tok, rows["prompt"].tolist(), a, b, max_length=MAX_LEN, prompt_max_tokens=32)
     assert [list(x) for x in tr["input_ids"]] == ids
     assert all(x[-1] == tok.eos_token_id for x in ids)
+    # Gemma-2 / Llama-3 tokenizers put BOS first (tokenizer(text) does): every processed row starts with it
+    for m in MODELS:
+        t = AutoTokenizer.from_pretrained(str(tiny_models_root / m))
+        for split in ("train", "dev"):
+            rows = _read(done_run / "processed" / f"{m}fold0" / f"{split}.parquet")["input_ids"]
+            assert t.bos_token_id is not None and all(x[0] == t.bos_token_id for x in rows), (m, split)
 
 
 def test_report(done_run: Path) -> None:
     report = json.loads((done_run / "processed" / "report.json").read_text())
     assert report["rows_in"] == {"train": 300, "33k": 60, "ut": 60}
     assert report["rows_out"]["folds_dev_total"] == 300
-    assert report["removed"]["33k_prompt_in_train"] + report["rows_out"]["extra_used"]["33k"] == 60
+    assert report["rows_out"]["extra_used"]["33k"] == 60  # the whole 33k file, as the seed
+    assert report["removed"]["ut_duplicate_id"] == 0 and "33k_prompt_in_train" not in report["removed"]
     assert report["repairs"]["train"]["null_turn"] > 0
     for m in MODELS:
         s = report["models"][m]

@@ -23,10 +23,25 @@ Template (the seed's, byte for byte), followed by one EOS token::
 
     User question:\\n\"\"\"{prompt}\"\"\"\\nAnswer A:\\n\"\"\"{A}\"\"\"\\nAnswer B:\\n\"\"\"{B}\"\"\"\\n
 
-Truncation (the seed's): prompt to 256 words and each response to 700 words; then in tokens the
-prompt to 256, the longer response trimmed from its end until both are equal, then both alternately,
-until the whole text fits ``max_length``. Both responses always keep some text (the prompt gives way
-first). ``truncation_side="left"`` keeps the end of each part instead of the start.
+BOS (``bos="auto"``): the sequence starts with whatever the tokenizer's own convention puts before
+the text (``tokenizer(text)`` vs ``add_special_tokens=False``, detected from the tokenizer, never from the
+model name): ``<bos>`` for Gemma-2, ``<|begin_of_text|>`` for Llama-3, nothing for Qwen2. The seed
+tokenizes whole strings with ``tokenizer(text)``, so its rows start with it; Gemma-2 without BOS is
+badly off-distribution. The BOS counts in the ``max_length`` budget. ``bos="none"`` gives the old rows.
+
+Truncation (the seed's, ``src/prepare_data.py`` lines 74-107): prompt to 256 words and each response
+to 700 words, words being pieces of ``text.split(' ')`` (``word_split="seed"``; ``"whitespace"`` counts
+``\S+`` runs instead, so newlines and tabs also separate words). Then, only when prompt + answers do
+not fit (``prompt_cap="seed"``; ``"always"`` caps the prompt in every row), the prompt is cut to 256
+tokens, the longer response trimmed from its end until both are equal, then both alternately, until
+the whole text fits ``max_length``. Both responses always keep some text (the prompt gives way first).
+``truncation_side="left"`` keeps the end of each part instead of the start.
+
+Public API (one place for every stage that encodes arena rows: data, logits, evaluation, prediction,
+GPTQ calibration, benchmarks): ``EncodeOptions`` (the option keys, ``.to_dict()`` to record them) and
+``encode_rows(tokenizer, prompts, resp_a, resp_b, options, swaps=(False, True)) -> list[Encoded]``;
+``encode_batch`` / ``encode_batch_detailed`` / ``encode_batch_both`` are keyword front-ends to it.
+The seed's prediction script, reproduced exactly, lives in ``seed_encoding.py``.
 """
 from __future__ import annotations
 
@@ -201,12 +216,14 @@ def labels_from_onehot(df: "Any", *, file: str) -> np.ndarray:
 # Reading a Kaggle-format CSV
 
 def read_arena_csv(path: "Any", *, kind: Literal["train", "test"], bad_json: Literal["error", "repair"] = "error",
-                   repairs: Repairs | None = None, encoding: str = "utf-8-sig") -> "Any":
+                   repairs: Repairs | None = None, encoding: str = "utf-8-sig",
+                   duplicate_ids: Literal["error", "keep"] = "error") -> "Any":
     """Read and validate a Kaggle-format CSV; return a DataFrame with ``id`` (int64), parsed and joined
     ``prompt``/``response_a``/``response_b`` text, ``n_turns`` and, for ``kind="train"``, ``label``.
 
     Errors (``ArenaParseError``) name the file, the row id and the column: missing column, bad id,
-    duplicate id, non-JSON cell (unless ``bad_json="repair"``), bad one-hot label; and whole-file ones
+    duplicate id (unless ``duplicate_ids="keep"``: the caller deduplicates, as the seed does for UT rows),
+    non-JSON cell (unless ``bad_json="repair"``), bad one-hot label; and whole-file ones
     (``readers.FileFormatError``): empty, header only, bytes that are not ``encoding``, a cut-off file.
     """
     import pandas as pd
@@ -232,7 +249,7 @@ def read_arena_csv(path: "Any", *, kind: Literal["train", "test"], bad_json: Lit
                               f"{df['id'].iloc[i]!r}")
     ids = ids.astype("int64")
     dup = ids.duplicated(keep=False)
-    if dup.any():
+    if dup.any() and duplicate_ids == "error":
         shown = sorted(set(ids[dup].tolist()))[:5]
         raise ArenaParseError(f"{file}: column 'id': duplicate id(s) {shown} ({int(dup.sum())} rows); "
                               f"ids must be unique")
@@ -260,12 +277,25 @@ def read_arena_csv(path: "Any", *, kind: Literal["train", "test"], bad_json: Lit
 # Word truncation (keeps the original spacing and newlines: cuts at the end of the N-th word)
 
 _WORD = re.compile(r"\S+")
+WordSplit = Literal["seed", "whitespace"]
 
 
-def truncate_words(text: str, max_words: int, side: Side = "right") -> str:
-    """Keep the first (``right``) or last (``left``) ``max_words`` whitespace-separated words."""
+def truncate_words(text: str, max_words: int, side: Side = "right", split: WordSplit = "seed") -> str:
+    """Keep the first (``right``) or last (``left``) ``max_words`` words.
+
+    ``split="seed"``: words are the pieces of ``text.split(' ')``, exactly the seed's
+    ``' '.join(text.split(' ')[:n])`` (a run of spaces makes empty words; a newline does not separate).
+    ``split="whitespace"``: words are ``\S+`` runs and the original spacing is kept.
+    """
     if max_words <= 0:
         return ""
+    if split == "seed":
+        pieces = text.split(" ")
+        if len(pieces) <= max_words:
+            return text
+        return " ".join(pieces[:max_words] if side == "right" else pieces[-max_words:])
+    if split != "whitespace":
+        raise ValueError(f"word_split must be 'seed' or 'whitespace', got {split!r}")
     if side == "right":
         for i, m in enumerate(_WORD.finditer(text)):
             if i + 1 == max_words:
@@ -326,60 +356,93 @@ def response_budgets(la: int, lb: int, budget: int) -> tuple[int, int]:
     return (keep_long, keep_short) if la >= lb else (keep_short, keep_long)
 
 
+PromptCap = Literal["seed", "always"]
+BosMode = Literal["auto", "none"]
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """Every setting that changes the token ids of an encoded row (record ``to_dict()`` with outputs)."""
+
+    max_length: int = 1024  # tokens per row including BOS, template and EOS
+    prompt_max_tokens: int = PROMPT_MAX_TOKENS
+    prompt_max_words: int = PROMPT_MAX_WORDS
+    response_max_words: int = RESPONSE_MAX_WORDS
+    truncation_side: Side = "right"
+    word_split: WordSplit = "seed"  # seed: text.split(' '); whitespace: \S+ runs
+    prompt_cap: PromptCap = "seed"  # seed: cap the prompt only when the row does not fit; always: every row
+    bos: BosMode = "auto"  # auto: the tokenizer's own convention (Gemma-2/Llama-3 yes, Qwen2 no); none: never
+    min_response_tokens: int = MIN_RESPONSE_TOKENS
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("truncation_side", ("right", "left")), ("word_split", ("seed", "whitespace")),
+                             ("prompt_cap", ("seed", "always")), ("bos", ("auto", "none"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+OPTION_KEYS = tuple(EncodeOptions.__dataclass_fields__)
+
+
+def bos_ids(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer's own convention puts before the text (``[bos]`` for Gemma-2 / Llama-3,
+    ``[]`` for Qwen2), found by comparing ``tokenizer(probe)`` with ``add_special_tokens=False``."""
+    probe = "a"
+    with_sp = list(tokenizer(probe)["input_ids"])
+    without = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    for k in range(len(with_sp) - len(without) + 1):
+        if with_sp[k:k + len(without)] == without:
+            return with_sp[:k]
+    raise ValueError(f"cannot find the text ids {without} inside tokenizer('{probe}') = {with_sp}")
+
+
 def encode_batch_detailed(tokenizer: Any, prompts: Sequence[str], resp_a: Sequence[str], resp_b: Sequence[str], *,
-                          max_length: int, prompt_max_tokens: int = PROMPT_MAX_TOKENS,
-                          prompt_max_words: int = PROMPT_MAX_WORDS, response_max_words: int = RESPONSE_MAX_WORDS,
-                          truncation_side: Side = "right", min_response_tokens: int = MIN_RESPONSE_TOKENS,
-                          swap: bool = False) -> Encoded:
-    """Encode rows as template + truncated parts + one EOS, ``len(ids) <= max_length`` guaranteed.
+                          swap: bool = False, **options: Any) -> Encoded:
+    """Encode rows as [BOS] + template + truncated parts + one EOS, ``len(ids) <= max_length`` guaranteed.
 
-    The three parts of all rows are tokenized in three batched calls of a fast tokenizer
-    (``add_special_tokens=False``); the template pieces are tokenized once and concatenated, so the
-    text is never tokenized twice. Decoding the ids gives exactly ``build_text(p', a', b') + eos``
-    for the truncated parts (for byte-level tokenizers). ``swap=True`` encodes the B/A orientation.
+    ``options`` are ``EncodeOptions`` fields (``max_length`` required). The three parts of all rows are
+    tokenized in three batched calls of a fast tokenizer (``add_special_tokens=False``); the template
+    pieces are tokenized once and concatenated, so the text is never tokenized twice. Decoding the ids
+    gives exactly ``bos + build_text(p', a', b') + eos`` for the truncated parts (for byte-level
+    tokenizers). ``swap=True`` encodes the B/A orientation.
     """
-    return _encode(tokenizer, prompts, resp_a, resp_b, max_length=max_length, prompt_max_tokens=prompt_max_tokens,
-                   prompt_max_words=prompt_max_words, response_max_words=response_max_words,
-                   truncation_side=truncation_side, min_response_tokens=min_response_tokens, swaps=(swap,))[0]
+    return encode_rows(tokenizer, prompts, resp_a, resp_b, EncodeOptions(**options), swaps=(swap,))[0]
 
 
-def encode_batch_both(tokenizer: Any, prompts: Sequence[str], resp_a: Sequence[str], resp_b: Sequence[str], *,
-                      max_length: int, prompt_max_tokens: int = PROMPT_MAX_TOKENS,
-                      prompt_max_words: int = PROMPT_MAX_WORDS, response_max_words: int = RESPONSE_MAX_WORDS,
-                      truncation_side: Side = "right",
-                      min_response_tokens: int = MIN_RESPONSE_TOKENS) -> tuple[Encoded, Encoded]:
+def encode_batch_both(tokenizer: Any, prompts: Sequence[str], resp_a: Sequence[str], resp_b: Sequence[str],
+                      **options: Any) -> tuple[Encoded, Encoded]:
     """(original, A/B-swapped) encodings from one tokenization of the parts (training and swap TTA)."""
-    orig, swapped = _encode(tokenizer, prompts, resp_a, resp_b, max_length=max_length,
-                            prompt_max_tokens=prompt_max_tokens, prompt_max_words=prompt_max_words,
-                            response_max_words=response_max_words, truncation_side=truncation_side,
-                            min_response_tokens=min_response_tokens, swaps=(False, True))
+    orig, swapped = encode_rows(tokenizer, prompts, resp_a, resp_b, EncodeOptions(**options), swaps=(False, True))
     return orig, swapped
 
 
-def _encode(tokenizer: Any, prompts: Sequence[str], resp_a: Sequence[str], resp_b: Sequence[str], *,
-            max_length: int, prompt_max_tokens: int, prompt_max_words: int, response_max_words: int,
-            truncation_side: Side, min_response_tokens: int, swaps: tuple[bool, ...]) -> list[Encoded]:
+def encode_rows(tokenizer: Any, prompts: Sequence[str], resp_a: Sequence[str], resp_b: Sequence[str],
+                options: EncodeOptions, swaps: tuple[bool, ...] = (False, True)) -> list[Encoded]:
+    """One ``Encoded`` per entry of ``swaps`` (False = A/B as given, True = swapped), from one tokenization."""
+    o = options
     n = len(prompts)
     if not (len(resp_a) == len(resp_b) == n):
         raise ValueError(f"prompts/resp_a/resp_b lengths differ: {n}, {len(resp_a)}, {len(resp_b)}")
-    if truncation_side not in ("right", "left"):
-        raise ValueError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("tokenizer has no eos_token_id: the template ends with one EOS token")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("encode_batch needs a fast (Rust) tokenizer for batched encoding")
+    bos = bos_ids(tokenizer) if o.bos == "auto" else []
     t_prompt, t_a, t_b, t_tail = _template_ids(tokenizer)
-    fixed = len(t_prompt) + len(t_a) + len(t_b) + len(t_tail) + 1
-    if max_length < fixed + 2:
-        raise ValueError(f"max_length={max_length} leaves no room for text (template + EOS = {fixed} tokens)")
+    fixed = len(bos) + len(t_prompt) + len(t_a) + len(t_b) + len(t_tail) + 1
+    if o.max_length < fixed + 2:
+        raise ValueError(f"max_length={o.max_length} leaves no room for text (BOS + template + EOS = {fixed} tokens)")
 
-    side = truncation_side
-    max_chars = max(max_length, prompt_max_tokens) * CHARS_PER_TOKEN_GUARD
-    p_w = [_cut_chars(truncate_words(t, prompt_max_words, side), max_chars, side) for t in prompts]
-    a_w = [_cut_chars(truncate_words(t, response_max_words, side), max_chars, side) for t in resp_a]
-    b_w = [_cut_chars(truncate_words(t, response_max_words, side), max_chars, side) for t in resp_b]
-    text_trunc = np.array([len(x) != len(y) or len(u) != len(v) or len(s) != len(t) for x, y, u, v, s, t
+    side, split = o.truncation_side, o.word_split
+    max_chars = max(o.max_length, o.prompt_max_tokens) * CHARS_PER_TOKEN_GUARD
+    p_w = [_cut_chars(truncate_words(t, o.prompt_max_words, side, split), max_chars, side) for t in prompts]
+    a_w = [_cut_chars(truncate_words(t, o.response_max_words, side, split), max_chars, side) for t in resp_a]
+    b_w = [_cut_chars(truncate_words(t, o.response_max_words, side, split), max_chars, side) for t in resp_b]
+    text_trunc = np.array([x != y or u != v or s != t for x, y, u, v, s, t
                            in zip(p_w, prompts, a_w, resp_a, b_w, resp_b)], dtype=bool)
     # Three batched calls: the Rust tokenizer parallelises over rows.
     p_ids = tokenizer(p_w, add_special_tokens=False, verbose=False)["input_ids"] if n else []
@@ -387,7 +450,7 @@ def _encode(tokenizer: Any, prompts: Sequence[str], resp_a: Sequence[str], resp_
     b_ids = tokenizer(b_w, add_special_tokens=False, verbose=False)["input_ids"] if n else []
     raw = np.array([len(p) + len(a) + len(b) for p, a, b in zip(p_ids, a_ids, b_ids)], dtype=np.int64)
 
-    room = max_length - fixed  # tokens for prompt + A + B
+    room = o.max_length - fixed  # tokens for prompt + A + B
     results = []
     for swap in swaps:
         first, second = (b_ids, a_ids) if swap else (a_ids, b_ids)
@@ -396,27 +459,26 @@ def _encode(tokenizer: Any, prompts: Sequence[str], resp_a: Sequence[str], resp_
         kept = np.zeros((n, 3), dtype=np.int32)
         for i in range(n):
             p, a, b = p_ids[i], first[i], second[i]
-            # The prompt is capped and gives way so each response keeps min_response_tokens (or all of it).
-            reserve = min(len(a), min_response_tokens) + min(len(b), min_response_tokens)
-            lp = min(len(p), prompt_max_tokens, max(room - reserve, 0))
-            la, lb = response_budgets(len(a), len(b), room - lp)
-            if lp < len(p) or la < len(a) or lb < len(b):
-                tok_trunc[i] = True
-                p, a, b = _cut(p, lp, side), _cut(a, la, side), _cut(b, lb, side)
+            fits = len(p) + len(a) + len(b) <= room
+            if not fits or o.prompt_cap == "always":
+                # The prompt is capped and gives way so each response keeps min_response_tokens (or all of it).
+                reserve = min(len(a), o.min_response_tokens) + min(len(b), o.min_response_tokens)
+                lp = min(len(p), o.prompt_max_tokens, max(room - reserve, 0))
+                la, lb = response_budgets(len(a), len(b), room - lp)
+                if lp < len(p) or la < len(a) or lb < len(b):
+                    tok_trunc[i] = True
+                    p, a, b = _cut(p, lp, side), _cut(a, la, side), _cut(b, lb, side)
             kept[i] = (len(p), len(a), len(b))
-            out.append(t_prompt + p + t_a + a + t_b + b + t_tail + [eos])
+            out.append(bos + t_prompt + p + t_a + a + t_b + b + t_tail + [eos])
         lengths = np.fromiter((len(x) for x in out), dtype=np.int32, count=n)
         results.append(Encoded(out, text_trunc, tok_trunc, raw, lengths, kept))
     return results
 
 
-def encode_batch(tokenizer: Any, prompts: Sequence[str], resp_a: Sequence[str], resp_b: Sequence[str], *,
-                 max_length: int, prompt_max_tokens: int = PROMPT_MAX_TOKENS, prompt_max_words: int = PROMPT_MAX_WORDS,
-                 response_max_words: int = RESPONSE_MAX_WORDS, truncation_side: Side = "right") -> list[list[int]]:
-    """Token ids per row (template + truncated parts + EOS); see ``encode_batch_detailed``."""
-    return encode_batch_detailed(tokenizer, prompts, resp_a, resp_b, max_length=max_length,
-                                 prompt_max_tokens=prompt_max_tokens, prompt_max_words=prompt_max_words,
-                                 response_max_words=response_max_words, truncation_side=truncation_side).input_ids
+def encode_batch(tokenizer: Any, prompts: Sequence[str], resp_a: Sequence[str], resp_b: Sequence[str],
+                 **options: Any) -> list[list[int]]:
+    """Token ids per row ([BOS] + template + truncated parts + EOS); see ``encode_batch_detailed``."""
+    return encode_batch_detailed(tokenizer, prompts, resp_a, resp_b, **options).input_ids
 
 
 def percentiles(values: Iterable[float], qs: Sequence[int] = (50, 90, 95, 99, 100)) -> dict[str, float]:

@@ -37,15 +37,29 @@ def model_folder(model_dir: str | os.PathLike, name: str, run_first: str = "sh r
     return path
 
 
-def load_tokenizer(path: str | os.PathLike, padding_side: str = "right"):
+def load_tokenizer(path: str | os.PathLike, padding_side: str = "right", pad: str = "eos"):
+    """The tokenizer of a checkpoint folder, the one place where the padding token is chosen.
+
+    ``pad="eos"`` (every classifier stage, as the seed: ``tokenizer.pad_token_id = tokenizer.eos_token_id``
+    in src/prepare_data.py:19, the training scripts and src/predict_test.py:37, with right padding): the
+    padding id is EOS for every model. The sequence classifier then pools the last position whose id is
+    not the pad id (transformers 5.23.0 ``GenericForSequenceClassification.forward``, modeling_layers.py:176-178:
+    ``(token_indices * (input_ids != pad_token_id)).argmax(-1)``), so the appended EOS counts as padding
+    and the score head reads the token *before* the final EOS, for Gemma-2, Llama-3 and Qwen2 alike.
+    ``pad="own"``: keep the tokenizer's own pad token (EOS only when it has none, e.g. Llama-3), so the
+    head would read the EOS itself. The causal-LM reasoning stages (20-25) are unaffected either way:
+    their labels are padded with -100 and attention masks hide padding; they use the default.
+    """
     from transformers import AutoTokenizer
 
+    if pad not in ("eos", "own"):
+        raise ValueError(f"pad must be 'eos' or 'own', got {pad!r}")
     check_tokenizer_folder(path)  # a missing/corrupt file is named, not a transformers traceback
     with loading(path, "tokenizer"):
         tok = AutoTokenizer.from_pretrained(str(path))
-    if tok.pad_token_id is None:
-        # Llama-3 ships no pad token; reuse EOS (the classifier pools the last non-pad position, and
-        # attention masks hide the padding), as the seed does.
+    if tok.eos_token_id is None:
+        raise StageInputError(f"{path}: the tokenizer has no EOS token (every encoded row ends with one)")
+    if pad == "eos" or tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = padding_side
     return tok

@@ -296,7 +296,8 @@ def load_for_prediction(kind: str, folder: str | os.PathLike, *, base_model: str
         else:
             model = load_classifier(folder, num_labels=3, dtype=torch_dtype, attn_implementation=attn_implementation,
                                     pad_token_id=tokenizer.pad_token_id).to(device)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    # Always the tokenizer's (EOS, models.load_tokenizer): a merged/GPTQ folder saved by an older version
+    # may carry the model's own pad id, and the classifier pools the last non-pad token.
+    model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer

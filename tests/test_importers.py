@@ -135,7 +135,7 @@ def test_ids_deterministic_and_order_free(tmp_path: Path) -> None:
     assert len(mapping) == 5 and json.loads((tmp_path / "train_import.json").read_text())["rows_in"] == 5
 
 
-def test_duplicates_dropped_or_refused(tmp_path: Path) -> None:
+def test_duplicates_dropped_or_renamed(tmp_path: Path) -> None:
     lines = (FIX / "chatbot_arena_conversations.jsonl").read_text().splitlines()
     dup = tmp_path / "dup.jsonl"
     dup.write_text("\n".join(lines + [lines[0]]) + "\n")
@@ -145,8 +145,9 @@ def test_duplicates_dropped_or_refused(tmp_path: Path) -> None:
     changed["winner"] = "model_a"
     clash = tmp_path / "clash.jsonl"
     clash.write_text("\n".join(lines + [json.dumps(changed)]) + "\n")
-    with pytest.raises(imp.PreferenceImportError, match=r"clash.jsonl: line 6, field id: .* also at line 1"):
-        imp.read_preferences(clash)
+    both, rep_c = imp.read_preferences(clash)  # one id, two battles: both kept, the later renamed (counted)
+    assert rep_c.rows_out == 6 and rep_c.repairs == {"duplicate_id_renamed": 1} and both["id"].is_unique
+    assert both["source_id"].iloc[-1] == "58210e39b3fd4441a2bd4a518bb44c2d#2" and both["label"].iloc[-1] == 0
     scored, rep_s = imp.read_preferences(dup, need_labels=False)  # scoring: every row out, in order
     assert rep_s.rows_out == 6 and scored["source_id"].iloc[-1] == scored["source_id"].iloc[0]
 
@@ -208,3 +209,17 @@ def test_stage2_takes_arena_and_ultrafeedback_files(tmp_path: Path, stage_module
     assert (fold0["source"] == "33k").sum() == 2 * 4
     id_map = pd.read_csv(processed / "33k_id_map.csv", dtype={"source_id": str})
     assert len(id_map) == 4 and id_map["id"].min() >= 10**12  # stage 2's extra-data id range
+
+
+def test_json_lines_under_json_name_and_byte_order_mark(tmp_path: Path) -> None:
+    """`datasets.Dataset.to_json` writes JSON Lines named .json; Windows tools add a byte-order mark."""
+    text = (FIX / "chatbot_arena_conversations.jsonl").read_text(encoding="utf-8")
+    (tmp_path / "export.json").write_text(text, encoding="utf-8")
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+    records = [json.loads(line) for line in text.splitlines()]
+    (tmp_path / "array.json").write_text(json.dumps(records), encoding="utf-8")
+    ref, _ = imp.read_preferences(FIX / "chatbot_arena_conversations.jsonl")
+    for name in ("export.json", "bom.jsonl", "array.json"):
+        df, rep = imp.read_preferences(tmp_path / name)
+        assert rep.rows_out == 5, name
+        pd.testing.assert_frame_equal(df, ref)

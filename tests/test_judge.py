@@ -168,6 +168,12 @@ def test_cli_parquet_and_kaggle_csv_in_csv_out(stage_module, folders, tmp_path) 
     got = pd.read_csv(out)
     assert got["id"].tolist() == [r["id"] for r in records]
     np.testing.assert_allclose(got[["winner_model_a", "winner_model_b", "winner_tie"]].sum(axis=1), 1.0, atol=1e-6)
+    battles33k = [json.loads(line) for line in (FIX / "chatbot_arena_conversations.jsonl").read_text().splitlines()]
+    pd.DataFrame(battles33k).to_parquet(tmp_path / "train-00000-of-00001.parquet", index=False)  # the HF layout
+    out33 = tmp_path / "s33.jsonl"
+    _score(stage_module, [f"input={tmp_path / 'train-00000-of-00001.parquet'}", f"output={out33}",
+                          f"model={folders['merged']}", "device=cpu"])
+    assert [json.loads(line)["id"] for line in out33.read_text().splitlines()] == [r["question_id"] for r in battles33k]
     kaggle_out = tmp_path / "k.jsonl"
     _score(stage_module, [f"input={KAGGLE}", f"output={kaggle_out}", f"model={folders['merged']}", "device=cpu"])
     rows = [json.loads(line) for line in kaggle_out.read_text().splitlines()]

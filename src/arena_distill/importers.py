@@ -39,6 +39,8 @@ Accounting. ``report.rows_in == report.rows_out + sum(report.dropped.values())``
 ``ultrafeedback`` in prompts; ``pairs_out`` counts the pairs). Drop reasons: ``both_bad`` (with
 ``both_bad=drop``), ``no_user_turn`` (nothing to judge), ``identical_responses`` (pairs: no preference),
 ``fewer_than_two_rated`` and ``duplicate_prompt`` (ultrafeedback), ``duplicate_row`` (the same id and the same content again).
+An id seen again with different content keeps both rows; the later one's id gets ``#2``, ``#3`` (counted repair
+``duplicate_id_renamed``).
 With ``need_labels=False`` (scoring) nothing is dropped: every row comes out once, in file order.
 A bad row is an ``ImportError_`` naming the file, the row and the field.
 """
@@ -58,7 +60,7 @@ import pandas as pd
 
 from . import arena_text as at
 from .io import atomic_write_csv, atomic_write_json
-from .readers import FileFormatError, iter_lines, read_csv, read_json, read_parquet
+from .readers import FileFormatError, iter_lines, read_csv, read_json, read_parquet, read_text
 
 FORMATS = ("auto", "kaggle", "arena_conversations", "arena_55k", "pairs", "ultrafeedback")
 ID_SPACE = 10**12  # below the extra-data id bases of stage 2 (33k: 10**12, UT: 2 * 10**12)
@@ -107,9 +109,11 @@ def read_records(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     counting the header as row 1, ``row 3`` of a parquet counting from 1)."""
     path = Path(path)
     kind = _suffix(path)
+    if kind == ".json" and not read_text(path, encoding="utf-8-sig").lstrip().startswith("["):
+        kind = ".jsonl"  # `datasets`' to_json writes JSON Lines under a .json name
     if kind in (".jsonl", ".ndjson"):
         records, where = [], []
-        for lineno, line in iter_lines(path):
+        for lineno, line in iter_lines(path, encoding="utf-8-sig"):  # a byte-order mark is dropped
             if not line.strip():
                 continue
             try:
@@ -493,16 +497,16 @@ def read_preferences(path: str | os.PathLike, *, format: str = "auto", need_labe
             if isinstance(out, str):
                 dropped[out] += 1
                 continue
-            if need_labels:  # training: the same battle twice is one battle; one id with two contents is a bug
-                key = (out["source_id"],)
+            if need_labels:  # training: the same battle twice is one battle
                 content = (tuple(out["prompt"]), out["a"], out["b"], out["label"])
-                if key in seen:
-                    if seen[key][0] == content:
-                        dropped["duplicate_row"] += 1
-                        continue
-                    raise PreferenceImportError(f"{path}: {w}, field id: id {out['source_id']!r} also at "
-                                                f"{seen[key][1]} with different content; ids must be unique")
-                seen[key] = (content, w)
+                sid = out["source_id"]
+                if content in seen.get(sid, []):
+                    dropped["duplicate_row"] += 1
+                    continue
+                if sid in seen:  # one id, another battle: both kept, the later one renamed (counted)
+                    rep["duplicate_id_renamed"] += 1
+                    out["source_id"] = f"{sid}#{len(seen[sid]) + 1}"
+                seen.setdefault(sid, []).append(content)
             for m in ("model_a", "model_b"):
                 if m in rec and not _missing(rec[m]):
                     out[m] = str(rec[m])

@@ -223,3 +223,16 @@ def test_json_lines_under_json_name_and_byte_order_mark(tmp_path: Path) -> None:
         df, rep = imp.read_preferences(tmp_path / name)
         assert rep.rows_out == 5, name
         pd.testing.assert_frame_equal(df, ref)
+
+
+def test_arena_battles_saved_as_csv(tmp_path: Path) -> None:
+    """An Arena dump exported to CSV keeps its conversations as JSON strings: read as battles, not as Kaggle."""
+    records = [json.loads(line) for line in (FIX / "chatbot_arena_conversations.jsonl").read_text().splitlines()]
+    frame = pd.DataFrame(records)
+    for col in ("conversation_a", "conversation_b", "openai_moderation", "toxic_chat_tag"):
+        frame[col] = frame[col].map(json.dumps)
+    frame.to_csv(tmp_path / "battles.csv", index=False)
+    df, rep = imp.read_preferences(tmp_path / "battles.csv")
+    ref, _ = imp.read_preferences(FIX / "chatbot_arena_conversations.jsonl")
+    assert rep.format == "arena_conversations"
+    pd.testing.assert_frame_equal(df, ref)

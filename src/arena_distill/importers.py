@@ -46,7 +46,9 @@ A bad row is an ``ImportError_`` naming the file, the row and the field.
 """
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -141,6 +143,16 @@ def read_records(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     return df.to_dict("records"), [f"row {i + 2}" for i in range(len(df))]
 
 
+def _csv_header(path: Path, encoding: str) -> list[str] | None:
+    """The first record of a CSV from its first 64 KiB (a cut multi-byte character at the end is ignored)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536).decode(encoding, errors="ignore")
+        return next(csv.reader(io.StringIO(head)))
+    except (OSError, LookupError, StopIteration, csv.Error):
+        return None
+
+
 def detect_format(columns: Iterable[str], first: dict | None, suffix: str) -> str:
     cols = set(columns)
     if {"conversation_a", "conversation_b"} <= cols:
@@ -193,6 +205,8 @@ def content_text(content: Any, rep: Counter, where: str) -> str:
                 texts.append(part)
             elif isinstance(part, dict):
                 if part.get("type", "text") == "text":
+                    if _missing(part.get("text")):
+                        rep["null_text_part"] += 1
                     texts.append("" if _missing(part.get("text")) else str(part.get("text")))
                 else:
                     rep[f"{part.get('type')}_part_dropped"] += 1  # images: the judge reads text only
@@ -457,21 +471,18 @@ def read_preferences(path: str | os.PathLike, *, format: str = "auto", need_labe
 
     # The Kaggle CSV keeps its own reader (its errors and repairs are what stage 2 always reported).
     if suffix == ".csv" and format in ("auto", "kaggle", "arena_55k") and not column_map:
-        header = read_csv(path, dtype=str, keep_default_na=False, na_values=[], nrows=1, allow_no_rows=True,
-                          encoding=encoding).columns
-        if format != "auto" or detect_format(header, None, suffix) == "kaggle":
-            if format == "arena_55k" and "conversation_a" in header:
-                pass  # an Arena dump saved as CSV: conversations are JSON strings, read below
-            else:
-                kind = "train" if need_labels else "test"
-                df = at.read_arena_csv(path, kind=kind, bad_json=bad_json, repairs=rep, encoding=encoding)
-                report = ImportReport(str(path), "kaggle", rows_in=len(df), rows_out=len(df), pairs_out=len(df),
-                                      repairs=dict(rep))
-                df["source_id"] = df["id"].astype(str)
-                if not need_labels:
-                    df["label"] = -1
-                report.check()
-                return df, report
+        cols = set(_csv_header(path, encoding) or [])  # unreadable: the Kaggle reader names the problem
+        other = {"conversation_a", "conversation_b"} <= cols or {"chosen", "rejected"} <= cols or "completions" in cols
+        if format == "kaggle" or not other:  # an Arena dump saved as CSV (JSON-string conversations): below
+            kind = "train" if need_labels else "test"
+            df = at.read_arena_csv(path, kind=kind, bad_json=bad_json, repairs=rep, encoding=encoding)
+            report = ImportReport(str(path), "kaggle", rows_in=len(df), rows_out=len(df), pairs_out=len(df),
+                                  repairs=dict(rep))
+            df["source_id"] = df["id"].astype(str)
+            if not need_labels:
+                df["label"] = -1
+            report.check()
+            return df, report
 
     records, where = read_records(path)
     if column_map:

@@ -11,6 +11,8 @@ record (``arena_distill.encoding_record``); nothing is guessed. A prompt or resp
 list of turns (joined as in training). Rows are scored in length-sorted batches
 (``scoring.score_classifier``) on the GPU when there is one, else the CPU; with ``tta=True`` every row is also
 scored with A and B swapped and the two probability vectors are averaged (``predict.tta_combine``).
+``max_length`` defaults to the training length from the record; the seed predicted the test set at 2000 tokens
+(``predict.max_length``), which keeps more of long rows: pass ``max_length=2000`` for that.
 """
 from __future__ import annotations
 

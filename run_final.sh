@@ -6,6 +6,7 @@
 #   9.  src/09_quantize.py        final_merged/ -> final_model_gptq/ (+ quant_report.json: fp vs quantized)
 #   -   predict_test.py           only with PREDICT=1 (test.csv -> sub/submission.csv); usually run on its own
 #   10. src/10_report.py          sub/cv_report.md + sub/reliability.png
+#   11. src/11_publish.py         only with PUSH_TO_HUB=<user>/<name>: model card + Hub upload (HF_TOKEN)
 #
 # Hardware: one GPU is enough (merge of a 9B student in fp32 ~40 GB; GPTQ 8-bit of 9B ~15-30 min on an A100);
 # the tiny profile runs on CPU in about a minute. Run `sh run_pipeline.sh <fold>` for every fold first.
@@ -17,6 +18,7 @@
 #   sh run_final.sh average.method=delta_mean                # exact delta averaging instead of the seed's
 #   FORCE=1 sh run_final.sh                                  # redo stages whose outputs are done
 #   PREDICT=1 NGPU=2 sh run_final.sh                         # + predict on 2 GPUs (both TTA orders at once)
+#   PUSH_TO_HUB=me/arena-judge-9b sh run_final.sh            # + model card and upload (private repo)
 # Knobs (environment): CONFIG (default configs/a100x8.yaml), FORCE=1 (force=true to stages 8 and 9),
 # PREDICT=1 (run predict_test.py before the report), NGPU (processes for prediction; default: visible GPUs).
 # Extra arguments are overrides passed to every step: scope them as section.key=value
@@ -62,4 +64,10 @@ fi
 stage_start "report"
 python src/10_report.py --config "$CONFIG" "$@"
 stage_end
+# --- 11. publish (only with PUSH_TO_HUB=<user>/<name>): model card + upload through huggingface_hub ---------
+if [ -n "${PUSH_TO_HUB:-}" ]; then
+  stage_start "publish to $PUSH_TO_HUB"
+  HF_HUB_OFFLINE=0 python src/11_publish.py --config "$CONFIG" "publish.push_to_hub=$PUSH_TO_HUB" "$@"
+  stage_end
+fi
 echo; echo "== final stages done: model_save/final_model_gptq/ is ready; next: python predict_test.py"

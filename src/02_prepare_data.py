@@ -10,6 +10,11 @@ Reads (config section `prepare`, plus `common`):
     train_csv (default `<data_dir>/train.csv`)      Kaggle schema, JSON-encoded turn lists
     extra_33k_csv / extra_ut_csv (optional inputs)  same columns as train.csv; `use_33k`, `use_ut`; a
                                                     missing file is a warning and a line in the report
+    Any of the three may be another public format (`format`, `extra_33k_format`, `extra_ut_format`; `auto` =
+    from the columns): Arena battles (chatbot_arena_conversations, arena-human-preference-55k/100k/140k; JSONL
+    or parquet), generic chosen/rejected pairs (`column_map`), UltraFeedback rows (-> the UT set; `ut_pairs`);
+    `both_bad=tie|drop`. See arena_distill/importers.py; rows in/out and drops by reason go to the report,
+    string ids get integers (<processed_dir>/<source>_id_map.csv, <source>_import.json).
     `<model_dir>/<NAME>/` tokenizer for each NAME in `teachers` + `student` (or `models`)
 
 Writes:
@@ -61,6 +66,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from arena_distill import arena_text as at  # noqa: E402
+from arena_distill import importers  # noqa: E402
 from arena_distill.config import config_dict, field, load_config, save_config  # noqa: E402
 from arena_distill.dist import print0, seed_everything, warn0  # noqa: E402
 from arena_distill.io import (atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text,  # noqa: E402
@@ -113,6 +119,15 @@ class PrepareConfig:
     swap_augment: bool = field(True, help="add an A/B-swapped copy of every training row (label 0<->1)")
     bad_json: Literal["error", "repair"] = field("repair", help="non-JSON text cell: error, or keep the raw "
                                                  "text as one turn (counted in the report)")
+    format: str = field("auto", help="format of train_csv: auto|kaggle|arena_conversations|arena_55k|pairs|"
+                                     "ultrafeedback (arena_distill/importers.py)")
+    extra_33k_format: str = field("auto", help="format of extra_33k_csv (e.g. arena_conversations for the public 33k)")
+    extra_ut_format: str = field("auto", help="format of extra_ut_csv (ultrafeedback: rated completions -> pairs)")
+    both_bad: Literal["tie", "drop"] = field("tie", help="Arena 'tie (bothbad)' / 'both_bad': a tie (as Kaggle), "
+                                             "or drop the row (counted)")
+    ut_pairs: Literal["one", "all"] = field("one", help="ultrafeedback: one pair per prompt (the seed kept one row "
+                                            "per prompt id) or every pair of rated completions")
+    column_map: dict = field({}, help="rename input columns, e.g. {question: prompt, good: chosen, bad: rejected}")
     encoding: str = field("utf-8-sig", help="text encoding of the CSVs: UTF-8 (a byte-order mark dropped); set e.g. "
                                             "cp1252 for a file a spreadsheet saved (bytes are never replaced)")
     force: bool = field(False, help="rebuild outputs that are already done")
@@ -136,10 +151,14 @@ class PrepareConfig:
 FINGERPRINT_KEYS = ("seed", "n_folds", "train_csv", "extra_33k_csv", "extra_ut_csv", "use_33k", "use_ut",
                     "ut_in_folds", "max_length", "prompt_max_tokens", "prompt_max_words", "response_max_words",
                     "truncation_side", "swap_augment", "bad_json", "encoding", "word_split", "prompt_cap", "bos",
-                    "extra_prompt_filter", "ut_shuffle_seed", "ut_max_words")
+                    "extra_prompt_filter", "ut_shuffle_seed", "ut_max_words", "format", "extra_33k_format",
+                    "extra_ut_format", "both_bad", "ut_pairs", "column_map")
 # What a folder made before a key existed was built with: compared as such, so old data are stale, not reused.
+# (Before the importers, every input was read as the Kaggle CSV: the defaults below read such files the same.)
 LEGACY_FINGERPRINT = {"word_split": "whitespace", "prompt_cap": "always", "bos": "none",
-                      "extra_prompt_filter": True, "ut_shuffle_seed": None, "ut_max_words": 0}
+                      "extra_prompt_filter": True, "ut_shuffle_seed": None, "ut_max_words": 0,
+                      "format": "auto", "extra_33k_format": "auto", "extra_ut_format": "auto", "both_bad": "tie",
+                      "ut_pairs": "one", "column_map": {}}
 
 
 FINGERPRINT_FILE = "prepare_fingerprint.json"  # its own file: later stages may rewrite DONE.json/config.yaml
@@ -186,10 +205,17 @@ def main(argv: list[str] | None = None) -> int:
     paths = {"train": cfg.train_csv, "33k": cfg.extra_33k_csv if cfg.use_33k else None,
              "ut": cfg.extra_ut_csv if (cfg.use_ut or cfg.ut_in_folds) else None}
     paths = {src: p for src, p in paths.items() if p is not None and p not in extra_missing}
+    formats = {"train": cfg.format, "33k": cfg.extra_33k_format, "ut": cfg.extra_ut_format}
+    imports = {}
     for src, path in paths.items():
         repairs[src] = Counter()
-        sources[src] = at.read_arena_csv(path, kind="train", bad_json=cfg.bad_json, repairs=repairs[src],
-                                         encoding=cfg.encoding, duplicate_ids="keep" if src == "ut" else "error")
+        # UT ids may repeat: kept here and deduplicated below as the seed does (not an error for that source).
+        sources[src], imports[src] = importers.read_preferences(
+            path, format=formats[src], bad_json=cfg.bad_json, repairs=repairs[src], encoding=cfg.encoding,
+            both_bad=cfg.both_bad, ut_pairs=cfg.ut_pairs, column_map=cfg.column_map, seed=cfg.seed,
+            duplicate_ids="keep" if src == "ut" else "error")
+        if len(sources[src]) == 0:
+            raise StageInputError(f"{path}: no usable rows ({imports[src].as_dict()['dropped']} dropped)")
     train = sources["train"]
     rows_in = {src: len(df) for src, df in sources.items()}
     fingerprint["rows_in"] = rows_in  # which sources were used, and how many rows each had
@@ -374,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         "removed": extra_dropped,
         "extra_missing": extra_missing,
         "repairs": {s: dict(c) for s, c in repairs.items()},
+        "imports": {s: r.as_dict() for s, r in imports.items()},
         "duplicates": {"exact_duplicate_groups": n_dup_groups,
                        "rows_in_duplicate_groups": int(pd.Series(groups).duplicated(keep=False).sum()),
                        "handling": "kept, each group in one fold"},
@@ -403,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     md.append(f"\nmax_length {cfg.max_length}, truncation_side {cfg.truncation_side}, word_split {cfg.word_split}, "
               f"prompt_cap {cfg.prompt_cap}, bos {cfg.bos}, swap {cfg.swap_augment}; "
               f"{report['seconds']} s")
+    for src, frame in sources.items():  # the id maps are saved with the import reports they belong to
+        importers.save_import_outputs(processed, src, frame, imports[src])
     atomic_write_json(processed / "report.json", report)
     atomic_write_text(processed / "report.md", "\n".join(md) + "\n")
     print0("\n".join(md))

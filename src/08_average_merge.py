@@ -5,6 +5,7 @@ Reads   model_save/<student>fold<k>/ for every fold (stage 7: PEFT adapter with 
         data/processed_data/<student>fold<k>/dev.parquet (held-out rows for the check; optional)
 Writes  model_save/<student>_avg/        the averaged adapter (PEFT folder: predict_test.py model_source=adapter)
         model_save/final_merged/         full checkpoint: sharded safetensors, tokenizer, resolved config.json,
+                                         encoding.json (both folders: the folds' encoding, arena_distill/judge.py),
                                          average_report.json, heldout_predictions.parquet, metrics.json,
                                          config.yaml, DONE.json
 
@@ -43,6 +44,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from arena_distill import config as C  # noqa: E402
+from arena_distill import encoding_record  # noqa: E402
 from arena_distill.dist import pick_dtype, print0, seed_everything, warn0  # noqa: E402
 from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done, read_done, require_done, run_stage,  # noqa: E402
                               StageInputError)
@@ -222,12 +224,19 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     states, lora_cfg = load_fold_adapters(fold_dirs)
     avg = average_states(states)
+    try:  # how the folds' rows were encoded: the judge (arena_distill.judge) must encode the same way
+        record = encoding_record.from_processed(cfg.processed_dir, [f"{cfg.student}fold{k}" for k in folds])
+    except encoding_record.EncodingRecordError as exc:
+        record = None
+        warn0(f"{exc}; the merged model gets no {encoding_record.RECORD_FILE} (pass the encoding to the judge)")
     from safetensors.torch import save_file
 
     with atomic_dir(avg_dir) as tmp:
         shutil.copy2(fold_dirs[0] / "adapter_config.json", tmp / "adapter_config.json")
         save_file(avg, str(tmp / ADAPTER_FILE), metadata={"format": "pt"})
         C.save_config(cfg, tmp, base_model=str(base), folds=folds, averaged_from=[str(d) for d in fold_dirs])
+        if record is not None:
+            encoding_record.write_record(tmp, record)
         mark_done(tmp, stage="average", method="lora_mean", folds=folds)
     print0(f"[average] averaged {len(avg)} tensors over {len(folds)} folds (r={lora_cfg.get('r')}, "
            f"alpha={lora_cfg.get('lora_alpha')}) -> {avg_dir}")
@@ -293,6 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                      "valid_accuracy": chosen["accuracy"], "n_valid": chosen["n"],
                                                      "optimistic": True})
         C.save_config(cfg, tmp, base_model=str(base), averaged_adapter=str(avg_dir), folds=folds)
+        if record is not None:
+            encoding_record.write_record(tmp, record)
         mark_done(tmp, stage="average", method=cfg.method, folds=folds, dtype=str(save_dtype),
                   seconds=round(time.perf_counter() - t0, 1))
     print0(f"[average] wrote {out_dir} ({str(save_dtype).replace('torch.', '')}) in "

@@ -3,7 +3,8 @@
 Reads   model_save/final_merged/ (stage 8, DONE.json), <data_dir>/train.csv (calibration texts),
         data/processed_data/<student>fold<k>/dev.parquet (held-out rows for the check; train.csv rows
         outside the calibration sample when absent)
-Writes  model_save/final_model_gptq/  GPTQ checkpoint + tokenizer (all predict_test.py needs),
+Writes  model_save/final_model_gptq/  GPTQ checkpoint + tokenizer (all predict_test.py needs), encoding.json
+        (copied from the merged folder),
         quant_report.json (fp vs quantized: log loss of each, delta, max / mean probability difference,
         quantization time), config.yaml, DONE.json
 
@@ -37,6 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from arena_distill import config as C  # noqa: E402
+from arena_distill import encoding_record  # noqa: E402
 from arena_distill import quant  # noqa: E402
 from arena_distill.arena_text import encode_batch, read_arena_csv  # noqa: E402
 from arena_distill.dist import pick_device, pick_dtype, print0, seed_everything, warn0  # noqa: E402
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
                    f"{c['max_abs_prob_diff']:.4f}, mean |dp| {c['mean_abs_prob_diff']:.5f}")
     atomic_write_json(out / "quant_report.json", report)
     C.save_config(cfg, out, merged_dir=str(merged))
+    encoding_record.copy_record(merged, out)  # the judge encodes as in training (arena_distill/judge.py)
     mark_done(out, stage="quantize", bits=cfg.bits, group_size=cfg.group_size,
               log_loss_delta=report.get("check", {}).get("log_loss_delta"))
     print0(f"[quantize] wrote {out}")

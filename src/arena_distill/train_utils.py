@@ -96,7 +96,9 @@ def make_accelerator(grad_accum_steps: int, mixed_precision: str = "auto", *, mi
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {}
     if report_to != "none":
-        kwargs.update(log_with=report_to, project_dir=str(project_dir) if project_dir else None)
+        # TensorBoard writes its event files under <out_dir>/tensorboard/<stage>/ (offline; nothing is sent).
+        logging_dir = Path(project_dir) / "tensorboard" if project_dir and report_to == "tensorboard" else project_dir
+        kwargs.update(log_with=report_to, project_dir=str(logging_dir) if logging_dir else None)
     cuda = torch.cuda.is_available()
     if deepspeed_launch() and not cuda:
         # DeepSpeed on CPU (its CPU accelerator, deepspeed/accelerator/cpu_accelerator.py: gloo unless oneCCL

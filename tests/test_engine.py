@@ -238,3 +238,19 @@ def test_report_to_is_checked(project, stage_module):
     assert C.build_config(cls, "teacher", profile, {"model": "m", "report_to": "tensorboard"}).report_to == "tensorboard"
     with pytest.raises(C.ConfigError, match="report_to"):
         C.build_config(cls, "teacher", profile, {"model": "m", "report_to": "comet"})
+
+
+def test_tqdm_bar_when_stdout_is_a_terminal(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from arena_distill.train_utils import StepLogger
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    logger = StepLogger(tmp_path / "log.jsonl", total_steps=4, start_step=1)
+    assert logger.bar is not None and logger.bar.n == 1  # a resumed run's bar starts at its step
+    logger.log(2, 1.0, {"ce": 1.0}, 1e-3, 100)
+    assert logger.bar.n == 2
+    logger.close()
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    assert StepLogger(tmp_path / "other.jsonl", total_steps=4).bar is None  # logs and pipes get plain lines
+    assert "eta 0:00:0" in capsys.readouterr().out

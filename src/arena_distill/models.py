@@ -148,13 +148,16 @@ def hold_trainables_in_fp32(model):
         if (own and all(p.requires_grad and p.dtype == torch.float32 for p in own)
                 and isinstance(module, torch.nn.Linear) and not getattr(module, "_fp32_input_hook", False)
                 and "lora_" not in type(module).__name__):
-            module.register_forward_pre_hook(_inputs_to_fp32)
+            module.register_forward_pre_hook(_inputs_to_weight_dtype)
             module._fp32_input_hook = True
     return model
 
 
-def _inputs_to_fp32(module, args):
-    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+def _inputs_to_weight_dtype(module, args):
+    # The weight's dtype at call time, not fp32: DeepSpeed bf16 casts the whole module to bf16 at initialize
+    # (its fp32 master copy lives in the optimizer), and the input must follow.
+    dtype = module.weight.dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def keep_frozen_in_compute_dtype(model, dtype: torch.dtype | None = None) -> int:

@@ -28,8 +28,19 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 
 
 def stage7(project, out, *extra: str) -> list[str]:
-    return [str(REPO_ROOT / "src" / "07_distill_student.py"), "--config", str(project), "fold=0", "max_steps=8",
-            "eval_every=4", "save_every=2", "grad_clip=0.5", f"out_dir={out}", *extra]
+    """Stage 7 with the shipped tiny profile (configs/tiny.yaml: tiny_gemma2 student, both tiny teachers,
+    global batch 16 = micro-batch 8 x 2), pointed at the test project's folders and models."""
+    tmp = project.parent
+    return [str(REPO_ROOT / "src" / "07_distill_student.py"), "--config", str(REPO_ROOT / "configs" / "tiny.yaml"),
+            f"processed_dir={tmp / 'processed'}", f"model_dir={tmp_models(project)}", f"save_dir={tmp / 'save'}",
+            "fold=0", "global_batch=8", "micro_batch=4", "max_steps=8", "eval_every=4", "save_every=2",
+            "grad_clip=0.5", f"out_dir={out}", *extra]
+
+
+def tmp_models(project) -> str:
+    import yaml
+
+    return yaml.safe_load(project.read_text())["common"]["model_dir"]
 
 
 def launch(zero: int, nproc: int) -> list[str]:

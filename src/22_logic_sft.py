@@ -19,9 +19,11 @@ Launch (repo root):
     accelerate launch --num_processes 8 src/22_logic_sft.py --config configs/a100x8.yaml     # 8 GPUs (DDP,
         # each process holds the nf4 70B base, ~40 GB; global_batch 8 = the seed's 1 x 8 GPUs)
 
+Training runs through arena_distill.engine (as stages 3, 4, 7): longest micro-batch first, fp32 LoRA weights,
+non-reentrant gradient checkpointing, `report_to` trackers, elapsed/ETA on every step line.
 Resume: a complete checkpoint (LoRA weights, optimizer, scheduler, RNG, loop position) is written every
-`save_steps` optimizer steps; re-running the same command continues from it (granularity: one optimizer
-step; the batch order depends only on seed and epoch). A finished run (DONE.json) is skipped unless force=true.
+`save_steps` optimizer steps; re-running the same command after a kill -9 continues from it with the same loss
+curve and adapter bytes (granularity: one optimizer step; the batch order depends only on seed and epoch). A finished run (DONE.json) is skipped unless force=true.
 """
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ def setup(cfg: Any, out: Path, tag: str):
     accelerator = make_accelerator(accum, cfg.mixed_precision, micro_batch=cfg.micro_batch, grad_clip=cfg.grad_clip,
                                    report_to=cfg.report_to, project_dir=out)
     seed = seed_everything(cfg.seed)
-    print0(f"[{tag}] processes={world} device={accelerator.device} engine={accelerator.distributed_type.value} "
+    print0(f"[{tag}] processes={world} device={accelerator.device} distributed={accelerator.distributed_type.value} "
            f"micro_batch={cfg.micro_batch} accum={accum} global_batch={cfg.global_batch} seed={seed}")
     return accelerator, accum, seed
 

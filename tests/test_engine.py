@@ -116,7 +116,8 @@ def test_global_batch_mismatch_is_refused():
     acc.gradient_accumulation_steps = 1  # e.g. ACCELERATE_GRADIENT_ACCUMULATION_STEPS won
     with pytest.raises(RuntimeError, match="global batch is not 8"):
         check_global_batch(acc, 8, 4, 2)
-    ds = types.SimpleNamespace(num_processes=2, gradient_accumulation_steps=1, distributed_type=DistributedType.DEEPSPEED,
+    ds = types.SimpleNamespace(num_processes=2, gradient_accumulation_steps=1,
+                               distributed_type=DistributedType.DEEPSPEED,
                                deepspeed_config={"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 4,
                                                  "train_batch_size": 32})
     with pytest.raises(RuntimeError, match="DeepSpeed accumulation 4"):
@@ -143,7 +144,7 @@ def test_teacher_seed_schedule_keeps_the_last_step(project):
     steps_per_epoch = summary["total_steps"] // 2
     assert summary["stop_step"] == steps_per_epoch == len(log) and summary["kept_step"] == steps_per_epoch
     # The cosine is planned over 2 epochs: where training stops, the lr is still at the half-way value.
-    assert log[-1]["lr"] == pytest.approx(5e-3 * 0.5 * (1 + math.cos(math.pi * steps_per_epoch / (2 * steps_per_epoch))))
+    assert log[-1]["lr"] == pytest.approx(5e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert summary["valid_log_loss"] == summary["last_valid_log_loss"] == log[-1]["valid_log_loss"]
     assert (out / "adapter_model.safetensors").read_bytes() == (out / "last" / "adapter_model.safetensors").read_bytes()
     dev = pd.read_parquet(project.parent / "processed" / "tiny_llamafold0" / "dev.parquet")
@@ -235,7 +236,8 @@ def test_report_to_is_checked(project, stage_module):
 
     profile = yaml.safe_load(project.read_text())
     cls = stage_module("04_train_teacher").TeacherConfig
-    assert C.build_config(cls, "teacher", profile, {"model": "m", "report_to": "tensorboard"}).report_to == "tensorboard"
+    built = C.build_config(cls, "teacher", profile, {"model": "m", "report_to": "tensorboard"})
+    assert built.report_to == "tensorboard"
     with pytest.raises(C.ConfigError, match="report_to"):
         C.build_config(cls, "teacher", profile, {"model": "m", "report_to": "comet"})
 

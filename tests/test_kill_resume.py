@@ -75,7 +75,9 @@ def test_kill_9_then_same_command_lmsys_stages(stage, tmp_path, tiny_model_dirs)
         return [sys.executable, str(REPO_ROOT / "src" / f"{stage}.py"), "--config", str(project), *extra,
                 "max_steps=10", "save_every=2", f"out_dir={tmp_path / tag}"]
 
-    keys = ("loss", "ce", "lr", "valid_log_loss") + (("kl_tiny_llama", "cos_tiny_qwen2") if stage.startswith("07") else ())
+    keys = ("loss", "ce", "lr", "valid_log_loss")
+    if stage.startswith("07"):
+        keys += ("kl_tiny_llama", "cos_tiny_qwen2")
     kill_and_resume(cmd, lambda tag: tmp_path / tag, keys)
     if stage != "03_post_pretrain":
         assert (tmp_path / "a" / "oof.csv").read_bytes() == (tmp_path / "b" / "oof.csv").read_bytes()

@@ -256,3 +256,28 @@ def test_tqdm_bar_when_stdout_is_a_terminal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
     assert StepLogger(tmp_path / "other.jsonl", total_steps=4).bar is None  # logs and pipes get plain lines
     assert "eta 0:00:0" in capsys.readouterr().out
+
+
+def test_tensorboard_after_a_resume_shows_each_step_once(project):
+    """Killed after logging step 3 with the last checkpoint at step 2 (simulated: the step-3 row is logged, the
+    checkpoint is the one of step 2): the resumed run recomputes step 3, TensorBoard keeps one value per step."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    teacher = load_stage("04_train_teacher.py")
+    out = project.parent / "tbr"
+    args = ["--config", str(project), "model=tiny_llama", "fold=0", "max_steps=4", "eval_every=100",
+            "save_every=2", "report_to=tensorboard", f"out_dir={out}"]
+    teacher.main(args + ["stop_after=2"])  # checkpoint at 2
+    shutil.copytree(out / "checkpoint", project.parent / "ckpt2")
+    teacher.main(args + ["stop_after=1"])  # logs step 3 (and writes a checkpoint at 3) ...
+    shutil.rmtree(out / "checkpoint")
+    shutil.copytree(project.parent / "ckpt2", out / "checkpoint")  # ... which the "kill" never wrote
+    teacher.main(args)
+    acc = EventAccumulator(str(out / "tensorboard" / "teacher"))  # the run's folder (hparams go to subfolders)
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("loss")]
+    assert steps == [1, 2, 3, 4]
+    assert [e.value for e in acc.Scalars("loss")] == pytest.approx([r["loss"] for r in read_log(out / "log.jsonl")],
+                                                                   rel=1e-6)

@@ -152,7 +152,10 @@ def train(accelerator, model, optimizer, scheduler, plan: StepPlan, *, lengths: 
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
     if accelerator.trackers == [] and cfg.report_to != "none":
-        accelerator.init_trackers(tag, config=_flat(tracker_config or {}))
+        # A resumed TensorBoard run drops the events it logged after the checkpoint (SummaryWriter purge_step),
+        # so the steps recomputed after a kill appear once, as in log.jsonl.
+        init_kwargs = {"tensorboard": {"purge_step": step + 1}} if step and cfg.report_to == "tensorboard" else {}
+        accelerator.init_trackers(tag, config=_flat(tracker_config or {}), init_kwargs=init_kwargs)
     logger = StepLogger(out / "log.jsonl", plan.stop_step, start_step=step, accelerator=accelerator)
     device, world, r = accelerator.device, plan.world, rank()
     group_size = plan.accum * world

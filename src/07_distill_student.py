@@ -38,12 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accelerate.utils import gather_object
-
 from arena_distill import config as C
 from arena_distill import engine
 from arena_distill.batching import collate
-from arena_distill.dist import is_main, print0, rank, world_size
+from arena_distill.dist import is_main, print0
 from arena_distill.losses import distill_loss
 from arena_distill.io import (atomic_write_json, atomic_write_text, is_done, mark_done, require,
                               require_done, run_stage, StageInputError)
@@ -51,7 +49,6 @@ from arena_distill.metrics import classification_metrics, cv_table, prior_log_lo
 from arena_distill.oof import oof_writer
 from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
     model_folder, warn_if_cpu_quant
-from arena_distill.scoring import score_classifier
 from arena_distill.train_utils import LoraArgs, TrainArgs, promote_files
 from arena_distill.readers import read_parquet
 
@@ -159,12 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         return loss, dict(zip(part_names, parts.values())), int(mask.sum())  # ce, kl_0, cos_0, kl_1, ...
 
     def evaluate(step: int) -> engine.Evaluation:
-        idx, logits, _ = score_classifier(model, dev_ids, pad_id, batch_size=cfg.eval_batch,
-                                          max_tokens=cfg.eval_max_tokens or None, device=device,
-                                          desc="valid", shard=(rank(), world_size()))
-        gathered = gather_object([(idx, logits)])
-        all_idx = np.concatenate([g[0] for g in gathered])
-        all_logits = np.concatenate([g[1] for g in gathered])[np.argsort(all_idx)]
+        all_logits = engine.score_rows(accelerator, model, dev_ids, pad_id, batch_size=cfg.eval_batch,
+                                       max_tokens=cfg.eval_max_tokens or None)
         m = classification_metrics(all_logits, dev_labels)
         return engine.Evaluation({"valid_log_loss": m["log_loss"], "valid_accuracy": m["accuracy"]},
                                  write=oof_writer(dev["id"].to_numpy(), dev_labels, all_logits, step))

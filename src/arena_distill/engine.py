@@ -225,6 +225,30 @@ def train(accelerator, model, optimizer, scheduler, plan: StepPlan, *, lengths: 
     return TrainResult(step=step, stopped=stopped, best=best, last=last, seconds=time.perf_counter() - t0)
 
 
+def score_rows(accelerator, model, rows: Sequence[Sequence[int]], pad_id: int, *, batch_size: int,
+               max_tokens: int | None = None, desc: str = "valid") -> np.ndarray:
+    """Classifier logits of ``rows`` in row order, on every rank (evaluation inside training).
+
+    Ranks score every ``world``-th batch and the results are gathered; under ZeRO-3 with several processes
+    every forward pass is collective (parameters are gathered layer by layer), and shards can differ by one
+    batch, so there every rank scores all rows instead (same results, no hang).
+    """
+    from accelerate.utils import gather_object
+
+    from .scoring import score_classifier
+
+    world = accelerator.num_processes
+    zero3 = is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3 and world > 1
+    shard = (0, 1) if zero3 else (rank(), world)
+    idx, logits, _ = score_classifier(model, rows, pad_id, batch_size=batch_size, max_tokens=max_tokens,
+                                      device=accelerator.device, desc=desc, shard=shard)
+    if zero3 or world == 1:
+        return logits[np.argsort(idx)]
+    gathered = gather_object([(idx, logits)])
+    all_idx = np.concatenate([g[0] for g in gathered])
+    return np.concatenate([g[1] for g in gathered])[np.argsort(all_idx)]
+
+
 def _flat(config: dict) -> dict:
     """Tracker hyper-parameters: scalars as they are, anything else as text (TensorBoard refuses lists)."""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}

@@ -3,9 +3,15 @@
 Reads   data/processed_data/<model>fold<k>/{train,dev}.parquet   (stage 2, `sh run_data.sh`)
         model_path/<model>/                                      (base checkpoint)
         model_save/<model>_ut/                                   (post-pretrained adapter, stage 3, optional)
-Writes  model_save/<model>fold<k>/  adapter_model.safetensors + adapter_config.json (best valid log loss;
-        the score head is saved through modules_to_save), last/ (last step), metrics.json, log.jsonl,
-        config.yaml, checkpoint/ (resume state), DONE.json; and model_save/cv_table.md.
+Writes  model_save/<model>fold<k>/  adapter_model.safetensors + adapter_config.json + oof.csv of the kept
+        checkpoint (`logits_from`: last or best valid log loss; the score head is saved through
+        modules_to_save), best/, last/, metrics.json, log.jsonl, config.yaml, checkpoint/ (resume state),
+        DONE.json, tensorboard/ (report_to=tensorboard); and model_save/cv_table.md.
+
+Schedule (the seed's teacher script): warmup + cosine planned over `epochs` (2), training stops after
+`epochs_run` (1: the seed `break`s at the end of its first epoch) and the last step's adapter is kept
+(`logits_from=last`: the seed scores `epoch_0_model`). `epochs_run=-1 logits_from=best` trains both
+epochs and keeps the lowest-valid-loss checkpoint instead.
 
 Launch (repo root):
     python src/04_train_teacher.py --config configs/tiny.yaml model=tiny_llama fold=0          # CPU / 1 GPU
@@ -13,8 +19,10 @@ Launch (repo root):
         src/04_train_teacher.py --config configs/a100x8.yaml model=llama3_70b fold=0          # 8 GPUs
 (`sh run_pipeline.sh <fold>` runs this for every teacher of the profile.)
 
-Batches: length-grouped micro-batches (padding only to the longest row of each), gradient accumulation
-to `global_batch` whatever the number of processes; AdamW, warmup + cosine, grad clipping.
+Training runs through arena_distill.engine (as stages 3, 7, 22): length-grouped micro-batches (padding
+only to the longest row of each, the longest batch first), gradient accumulation to `global_batch` whatever
+the number of processes (asserted at start, DeepSpeed's config included); AdamW, warmup + cosine, grad
+clipping; fp32 trainable weights; a step line with elapsed time and ETA.
 Resume: a complete checkpoint (trainable weights, optimizer, scheduler, RNG of every rank, loop
 position) is written every `save_every` optimizer steps; re-running the same command continues from it
 and reproduces the uninterrupted loss curve. Granularity: one optimizer step. A finished run (DONE.json)
@@ -24,26 +32,22 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from accelerate.utils import gather_object
-
 from arena_distill import config as C
-from arena_distill.batching import collate, length_grouped_batches
-from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
+from arena_distill import engine
+from arena_distill.batching import collate
+from arena_distill.dist import is_main, print0
 from arena_distill.io import (atomic_write_json, atomic_write_text, is_done, mark_done, require,
-                              require_done, run_stage, StageInputError)
+                              require_done, run_stage)
 from arena_distill.metrics import classification_metrics, cv_table, prior_log_loss
+from arena_distill.oof import oof_writer
 from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
     model_folder, warn_if_cpu_quant
-from arena_distill.scoring import score_classifier
-from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
-                                       grad_accum_for, load_checkpoint, make_accelerator, promote_files,
-                                       save_adapter, save_checkpoint, truncate_log)
+from arena_distill.train_utils import LoraArgs, TrainArgs, promote_files
 from arena_distill.readers import read_parquet
 
 
@@ -61,7 +65,11 @@ class TeacherConfig(LoraArgs, TrainArgs):
     student: str = C.field("", help="student name (for the CV table)")
     out_dir: str = C.field("", help="output folder; default <save_dir>/<model>fold<fold>")
     init_from_post_pretrain: bool = C.field(True, help="start LoRA from <save_dir>/<model>_ut when it exists")
-    epochs: float = C.field(2.0, help="epochs over the fold's training side")
+    epochs: float = C.field(2.0, help="epochs the warmup + cosine schedule is planned for")
+    epochs_run: float = C.field(-1.0, help="epochs actually trained (-1 = epochs); the seed plans 2 and breaks "
+                                           "after 1 (train_ce_model_nice_memory.py: `break` at the epoch end)")
+    logits_from: str = C.field("last", help="checkpoint kept as the result and scored by stage 5: last (the seed: "
+                                            "epoch_0_model, the last step) or best (lowest valid log loss)")
     warmup_steps: int = C.field(100, help="linear warmup steps")
     eval_every: int = C.field(200, help="evaluate on the valid side every N optimizer steps (and at the end)")
     eval_batch: int = C.field(16, help="rows per evaluation batch")
@@ -76,6 +84,11 @@ class TeacherConfig(LoraArgs, TrainArgs):
             raise C.ConfigError(f"fold={self.fold} outside 0..{self.n_folds - 1}")
         if self.quant not in ("", "nf4", "int8"):
             raise C.ConfigError(f"quant must be '', nf4 or int8, got {self.quant!r}")
+        if self.logits_from not in ("last", "best"):
+            raise C.ConfigError(f"logits_from must be last or best, got {self.logits_from!r}")
+        if self.epochs_run > self.epochs:
+            raise C.ConfigError(f"epochs_run={self.epochs_run} is more than the scheduled epochs={self.epochs}")
+        super().__post_init__()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -91,26 +104,19 @@ def main(argv: list[str] | None = None) -> dict:
     # -------------------------------------------------------------------------------------------- init
     require_done(data_dir, "sh run_data.sh", what="processed fold data")
     base = model_folder(cfg.model_dir, cfg.model)
-    world = world_size()
-    accum = grad_accum_for(cfg.global_batch, cfg.micro_batch, world)
-    accelerator = make_accelerator(accum, cfg.mixed_precision)
-    seed = seed_everything(cfg.seed)
-    print0(f"[teacher] model={cfg.model} fold={cfg.fold} processes={world} device={accelerator.device} "
-           f"micro_batch={cfg.micro_batch} accum={accum} global_batch={cfg.global_batch} seed={seed}")
+    accelerator, accum, seed = engine.setup(cfg, out, tag="teacher")
+    print0(f"[teacher] model={cfg.model} fold={cfg.fold} epochs={cfg.epochs} epochs_run={cfg.epochs_run} "
+           f"logits_from={cfg.logits_from}")
 
     # -------------------------------------------------------------------------------------------- data
     train = read_parquet(require(data_dir / "train.parquet", "sh run_data.sh"), fix="re-run: sh run_data.sh")
     dev = read_parquet(require(data_dir / "dev.parquet", "sh run_data.sh"), fix="re-run: sh run_data.sh")
     train_ids, train_labels = train["input_ids"].tolist(), train["label"].to_numpy(np.int64)
     dev_ids, dev_labels = dev["input_ids"].tolist(), dev["label"].to_numpy(np.int64)
-    micro_per_epoch = (len(train) // cfg.micro_batch) // (accum * world) * (accum * world)
-    steps_per_epoch = micro_per_epoch // (accum * world)
-    total_steps = int(steps_per_epoch * cfg.epochs) if cfg.max_steps < 0 else cfg.max_steps
-    if total_steps <= 0:
-        raise StageInputError(f"{data_dir}/train.parquet has {len(train)} rows: fewer than one global batch "
-                              f"({cfg.global_batch})")
-    print0(f"[teacher] train rows {len(train):,}  valid rows {len(dev):,}  steps/epoch {steps_per_epoch}  "
-           f"total steps {total_steps}")
+    plan = engine.plan_steps(len(train), cfg, accum, where=f"{data_dir}/train.parquet",
+                             epochs_run=cfg.epochs_run if cfg.epochs_run > 0 else None)
+    print0(f"[teacher] train rows {len(train):,}  valid rows {len(dev):,}  steps/epoch {plan.steps_per_epoch}  "
+           f"schedule steps {plan.total_steps}  training stops at step {plan.stop_step}")
 
     # ------------------------------------------------------------------------------------------- model
     tokenizer = load_tokenizer(base)
@@ -125,97 +131,55 @@ def main(argv: list[str] | None = None) -> dict:
         init_from = str(ut_dir)
         print0(f"[teacher] LoRA initialised from post-pretrained adapter {ut_dir} ({n} tensors, head dropped)")
     print0(f"[teacher] {describe(model)}")
-    optimizer = build_optimizer(model, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
-    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    # ------------------------------------------------------------------------------------------ resume
-    ckpt_dir = out / "checkpoint"
-    state = load_checkpoint(accelerator, ckpt_dir) or {"step": 0, "best": None}
-    step, best = state["step"], state["best"]
-    if step:
-        print0(f"[teacher] resumed from {ckpt_dir} at step {step}")
-        truncate_log(out / "log.jsonl", step)
+    model, optimizer, scheduler = engine.prepare(accelerator, model, cfg, plan, warmup_steps=cfg.warmup_steps)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         C.save_config(cfg, out, seed=seed, base_model=str(base), init_adapter=init_from)
-    logger = StepLogger(out / "log.jsonl", total_steps)
-    pad_id = tokenizer.pad_token_id
+    pad_id, device = tokenizer.pad_token_id, accelerator.device
 
-    def evaluate() -> dict:
-        idx, logits, _ = score_classifier(model, dev_ids, pad_id, batch_size=cfg.eval_batch,
-                                       max_tokens=cfg.eval_max_tokens or None, device=accelerator.device,
-                                       desc="valid", shard=(rank(), world))
-        gathered = gather_object([(idx, logits)])
-        all_idx = np.concatenate([g[0] for g in gathered])
-        all_logits = np.concatenate([g[1] for g in gathered])[np.argsort(all_idx)]
-        return classification_metrics(all_logits, dev_labels)
+    def loss_fn(micro: np.ndarray):
+        ids, mask = collate([train_ids[i] for i in micro], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(train_labels[micro], device=device))
+        return loss, {"ce": loss.detach()}, int(mask.sum())
+
+    def evaluate(step: int) -> engine.Evaluation:
+        all_logits = engine.score_rows(accelerator, model, dev_ids, pad_id, batch_size=cfg.eval_batch,
+                                       max_tokens=cfg.eval_max_tokens or None)
+        m = classification_metrics(all_logits, dev_labels)
+        return engine.Evaluation({"valid_log_loss": m["log_loss"], "valid_accuracy": m["accuracy"]},
+                                 write=oof_writer(dev["id"].to_numpy(), dev_labels, all_logits, step))
 
     # -------------------------------------------------------------------------------------------- loop
-    model.train()
-    t0, steps_this_run, plan_epoch, batches = time.perf_counter(), 0, -1, []
-    lengths = [len(x) for x in train_ids]
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        if epoch != plan_epoch:  # the plan depends only on (seed, epoch): a resumed run rebuilds the same one
-            batches = length_grouped_batches(lengths, cfg.micro_batch, seed=cfg.seed, epoch=epoch)[:micro_per_epoch]
-            plan_epoch = epoch
-        in_epoch = step - epoch * steps_per_epoch
-        group = batches[in_epoch * accum * world:(in_epoch + 1) * accum * world]
-        loss_sum, tokens = torch.zeros((), device=accelerator.device), 0
-        for micro in group[rank()::world]:
-            ids, mask = collate([train_ids[i] for i in micro], pad_id)
-            labels = torch.as_tensor(train_labels[micro], device=accelerator.device)
-            with accelerator.accumulate(model):
-                logits = model(input_ids=ids.to(accelerator.device), attention_mask=mask.to(accelerator.device)).logits
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad()
-            loss_sum += loss.detach() / accum
-            tokens += int(mask.sum())
-        scheduler.step()
-        step += 1
-        steps_this_run += 1
-        loss_mean = accelerator.reduce(loss_sum, "mean").item()
-        row = {"ce": loss_mean}
-        if step % cfg.eval_every == 0 or step == total_steps:
-            metrics = evaluate()
-            row.update(valid_log_loss=metrics["log_loss"], valid_accuracy=metrics["accuracy"])
-            if best is None or metrics["log_loss"] < best["valid_log_loss"]:
-                best = {"valid_log_loss": metrics["log_loss"], "valid_accuracy": metrics["accuracy"], "step": step}
-                save_adapter(accelerator, model, out / "best")
-            model.train()
-        logger.log(step, loss_mean, row, scheduler.get_last_lr()[0], tokens * world, epoch=epoch)
-        if step % cfg.save_every == 0 or step == total_steps:
-            save_checkpoint(accelerator, ckpt_dir, {"step": step, "best": best})
-        if cfg.stop_after > 0 and steps_this_run >= cfg.stop_after and step < total_steps:
-            print0(f"[teacher] stop_after={cfg.stop_after}: stopping at step {step} (resume by re-running)")
-            save_checkpoint(accelerator, ckpt_dir, {"step": step, "best": best})
-            return {"stopped": True, "step": step, "out": str(out)}
+    result = engine.train(accelerator, model, optimizer, scheduler, plan, lengths=[len(x) for x in train_ids],
+                          loss_fn=loss_fn, part_names=["ce"], seed=cfg.seed, out=out, tag="teacher", cfg=cfg,
+                          evaluate=evaluate, eval_every=cfg.eval_every, best_key="valid_log_loss",
+                          save_every=cfg.save_every, tracker_config=dataclasses.asdict(cfg))
+    if result.stopped:
+        return {"stopped": True, "step": result.step, "out": str(out)}
 
     # ------------------------------------------------------------------------------------ save/summary
-    save_adapter(accelerator, model, out / "last")
-    accelerator.wait_for_everyone()
     summary = {}
     if is_main():
-        promote_files(out / "best", out)  # the best adapter is the stage's result, at the top level
+        kept = result.last if cfg.logits_from == "last" else result.best
+        # The kept adapter (+ its oof.csv) is the stage's result at the top level; stage 5 scores it.
+        promote_files(out / cfg.logits_from, out)
         rows = read_parquet(data_dir / "train.parquet", columns=["label"])["label"]
-        summary = {"model": cfg.model, "fold": cfg.fold, "valid_log_loss": best["valid_log_loss"],
-                   "valid_accuracy": best["valid_accuracy"], "best_step": best["step"], "n_valid": len(dev),
-                   "n_train": len(train), "prior_log_loss": prior_log_loss(rows, dev_labels),
-                   "total_steps": total_steps, "train_seconds_this_run": round(time.perf_counter() - t0, 1),
+        summary = {"model": cfg.model, "fold": cfg.fold, "valid_log_loss": kept["valid_log_loss"],
+                   "valid_accuracy": kept["valid_accuracy"], "kept": cfg.logits_from, "kept_step": kept["step"],
+                   "best_step": result.best["step"], "best_valid_log_loss": result.best["valid_log_loss"],
+                   "last_step": result.last["step"], "last_valid_log_loss": result.last["valid_log_loss"],
+                   "n_valid": len(dev), "n_train": len(train), "prior_log_loss": prior_log_loss(rows, dev_labels),
+                   "total_steps": plan.total_steps, "stop_step": plan.stop_step,
+                   "train_seconds_this_run": round(result.seconds, 1),
                    "base_model": str(base), "init_adapter": init_from}
         atomic_write_json(out / "metrics.json", summary)
         mark_done(out, stage="teacher", **{k: summary[k] for k in ("valid_log_loss", "best_step")})
         names = [*cfg.teachers, *([cfg.student] if cfg.student else [])] or [cfg.model]
         atomic_write_text(Path(cfg.save_dir) / "cv_table.md", cv_table(cfg.save_dir, names, cfg.n_folds))
-        print0(f"[teacher] done: valid log loss {summary['valid_log_loss']:.4f} (prior "
-               f"{summary['prior_log_loss']:.4f}), accuracy {summary['valid_accuracy']:.3f}, best step "
-               f"{summary['best_step']} -> {out}")
+        print0(f"[teacher] done: valid log loss {summary['valid_log_loss']:.4f} ({cfg.logits_from} checkpoint, "
+               f"step {kept['step']}; prior {summary['prior_log_loss']:.4f}), accuracy "
+               f"{summary['valid_accuracy']:.3f}, best step {summary['best_step']} -> {out}")
     accelerator.wait_for_everyone()
     return summary
 

@@ -3,8 +3,9 @@
 Reads   data/processed_data/<student>fold<k>/train.parquet with logits_<teacher> columns (stage 6, or the
         stored logits the seed ships), data/processed_data/<student>fold<k>/dev.parquet,
         model_path/<student>/, model_save/<student>_ut/ (post-pretrained adapter, optional)
-Writes  model_save/<student>fold<k>/  adapter (best valid log loss; score head via modules_to_save),
-        last/, metrics.json, log.jsonl, config.yaml, checkpoint/, DONE.json; model_save/cv_table.md.
+Writes  model_save/<student>fold<k>/  adapter (best valid log loss; score head via modules_to_save) and
+        oof.csv (that checkpoint's dev-row probabilities), best/, last/, metrics.json, log.jsonl, config.yaml,
+        checkpoint/, DONE.json, tensorboard/ (report_to=tensorboard); model_save/cv_table.md.
 
 Loss (arena_distill.losses.distill_loss):
     (CE(s, y) + sum_t [KL(log_softmax(s/T) || softmax(t/T)) + CosineEmbedding(softmax(t/T), softmax(s/T), +1)])
@@ -20,36 +21,35 @@ Launch (repo root):
         out_dir=model_save/tiny_gemma2fold0_nodistill                                       # ablation
 (`sh run_pipeline.sh <fold>` and `sh src_fast/run_pipeline_fast.sh <fold>` call it.)
 
-Batches, schedule and resume exactly as stage 4: length-grouped micro-batches, gradient accumulation to
-`global_batch`, warmup + cosine, checkpoints every `save_every` optimizer steps; re-running the command
-after a kill continues from the last checkpoint with the same loss curve. Done runs are skipped unless
+Batches, schedule and resume through arena_distill.engine, as stage 4: length-grouped micro-batches
+(longest first), gradient accumulation to `global_batch`, warmup + cosine, checkpoints every `save_every`
+optimizer steps; re-running the command after a kill -9 continues from the last checkpoint with the same
+loss curve and adapter bytes. DeepSpeed ZeRO-2 on one CPU process (what the tests run):
+    accelerate launch --config_file configs/accelerate/zero2.yaml --num_processes 1 \\
+        src/07_distill_student.py --config configs/tiny.yaml fold=0 Done runs are skipped unless
 force=true.
 """
 from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from accelerate.utils import gather_object
-
 from arena_distill import config as C
-from arena_distill.batching import collate, length_grouped_batches
-from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
+from arena_distill import engine
+from arena_distill.batching import collate
+from arena_distill.dist import is_main, print0
 from arena_distill.losses import distill_loss
 from arena_distill.io import (atomic_write_json, atomic_write_text, is_done, mark_done, require,
                               require_done, run_stage, StageInputError)
 from arena_distill.metrics import classification_metrics, cv_table, prior_log_loss
+from arena_distill.oof import oof_writer
 from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
     model_folder, warn_if_cpu_quant
-from arena_distill.scoring import score_classifier
-from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
-                                       grad_accum_for, load_checkpoint, make_accelerator, promote_files,
-                                       save_adapter, save_checkpoint, truncate_log)
+from arena_distill.train_utils import LoraArgs, TrainArgs, promote_files
 from arena_distill.readers import read_parquet
 
 
@@ -88,6 +88,7 @@ class DistillConfig(LoraArgs, TrainArgs):
             raise C.ConfigError(f"fold={self.fold} outside 0..{self.n_folds - 1}")
         if self.quant not in ("", "nf4", "int8"):
             raise C.ConfigError(f"quant must be '', nf4 or int8, got {self.quant!r}")
+        super().__post_init__()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,12 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     # -------------------------------------------------------------------------------------------- init
     require_done(data_dir, "sh run_data.sh", what="processed fold data")
     base = model_folder(cfg.model_dir, cfg.student)
-    world = world_size()
-    accum = grad_accum_for(cfg.global_batch, cfg.micro_batch, world)
-    accelerator = make_accelerator(accum, cfg.mixed_precision)
-    seed = seed_everything(cfg.seed)
-    print0(f"[distill] model={cfg.student} fold={cfg.fold} processes={world} device={accelerator.device} "
-           f"micro_batch={cfg.micro_batch} accum={accum} global_batch={cfg.global_batch} seed={seed}")
+    accelerator, accum, seed = engine.setup(cfg, out, tag="distill")
+    print0(f"[distill] model={cfg.student} fold={cfg.fold} teachers={cfg.teachers}")
 
     # -------------------------------------------------------------------------------------------- data
     train = read_parquet(require(data_dir / "train.parquet", "sh run_data.sh"), fix="re-run: sh run_data.sh")
@@ -127,14 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise StageInputError(f"{data_dir}/train.parquet column {column}: expected finite [n, 3] logits, "
                                   f"got shape {values.shape}, {int((~np.isfinite(values)).sum())} non-finite")
         teacher_logits.append(torch.from_numpy(values))
-    micro_per_epoch = (len(train) // cfg.micro_batch) // (accum * world) * (accum * world)
-    steps_per_epoch = micro_per_epoch // (accum * world)
-    total_steps = int(steps_per_epoch * cfg.epochs) if cfg.max_steps < 0 else cfg.max_steps
-    if total_steps <= 0:
-        raise StageInputError(f"{data_dir}/train.parquet has {len(train)} rows: fewer than one global batch "
-                              f"({cfg.global_batch})")
-    print0(f"[distill] train rows {len(train):,}  valid rows {len(dev):,}  steps/epoch {steps_per_epoch}  "
-           f"total steps {total_steps}")
+    plan = engine.plan_steps(len(train), cfg, accum, where=f"{data_dir}/train.parquet")
+    print0(f"[distill] train rows {len(train):,}  valid rows {len(dev):,}  steps/epoch {plan.steps_per_epoch}  "
+           f"total steps {plan.total_steps}")
 
     # ------------------------------------------------------------------------------------------- model
     tokenizer = load_tokenizer(base)
@@ -149,94 +141,45 @@ def main(argv: list[str] | None = None) -> dict:
         init_from = str(ut_dir)
         print0(f"[distill] LoRA initialised from post-pretrained adapter {ut_dir} ({n} tensors, head dropped)")
     print0(f"[distill] {describe(model)}")
-    optimizer = build_optimizer(model, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
-    scheduler = cosine_schedule(optimizer, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    # ------------------------------------------------------------------------------------------ resume
-    ckpt_dir = out / "checkpoint"
-    state = load_checkpoint(accelerator, ckpt_dir) or {"step": 0, "best": None}
-    step, best = state["step"], state["best"]
-    if step:
-        print0(f"[distill] resumed from {ckpt_dir} at step {step}")
-        truncate_log(out / "log.jsonl", step)
+    model, optimizer, scheduler = engine.prepare(accelerator, model, cfg, plan, warmup_steps=cfg.warmup_steps)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         C.save_config(cfg, out, seed=seed, base_model=str(base), init_adapter=init_from)
-    logger = StepLogger(out / "log.jsonl", total_steps)
     part_names = ["ce"] + [f"{kind}_{name}" for name in cfg.teachers for kind in ("kl", "cos")]
-    pad_id = tokenizer.pad_token_id
+    pad_id, device = tokenizer.pad_token_id, accelerator.device
 
-    def evaluate() -> dict:
-        idx, logits, _ = score_classifier(model, dev_ids, pad_id, batch_size=cfg.eval_batch,
-                                       max_tokens=cfg.eval_max_tokens or None, device=accelerator.device,
-                                       desc="valid", shard=(rank(), world))
-        gathered = gather_object([(idx, logits)])
-        all_idx = np.concatenate([g[0] for g in gathered])
-        all_logits = np.concatenate([g[1] for g in gathered])[np.argsort(all_idx)]
-        return classification_metrics(all_logits, dev_labels)
+    def loss_fn(micro: np.ndarray):
+        ids, mask = collate([train_ids[i] for i in micro], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        loss, parts = distill_loss(logits, torch.as_tensor(train_labels[micro], device=device),
+                                   [t[micro] for t in teacher_logits], cfg.temperature, cfg.w_ce, cfg.w_kl, cfg.w_cos)
+        return loss, dict(zip(part_names, parts.values())), int(mask.sum())  # ce, kl_0, cos_0, kl_1, ...
+
+    def evaluate(step: int) -> engine.Evaluation:
+        all_logits = engine.score_rows(accelerator, model, dev_ids, pad_id, batch_size=cfg.eval_batch,
+                                       max_tokens=cfg.eval_max_tokens or None)
+        m = classification_metrics(all_logits, dev_labels)
+        return engine.Evaluation({"valid_log_loss": m["log_loss"], "valid_accuracy": m["accuracy"]},
+                                 write=oof_writer(dev["id"].to_numpy(), dev_labels, all_logits, step))
 
     # -------------------------------------------------------------------------------------------- loop
-    model.train()
-    t0, steps_this_run, plan_epoch, batches = time.perf_counter(), 0, -1, []
-    lengths = [len(x) for x in train_ids]
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        if epoch != plan_epoch:  # the plan depends only on (seed, epoch): a resumed run rebuilds the same one
-            batches = length_grouped_batches(lengths, cfg.micro_batch, seed=cfg.seed, epoch=epoch)[:micro_per_epoch]
-            plan_epoch = epoch
-        in_epoch = step - epoch * steps_per_epoch
-        group = batches[in_epoch * accum * world:(in_epoch + 1) * accum * world]
-        loss_sum, tokens = torch.zeros((), device=accelerator.device), 0
-        parts_sum = torch.zeros(len(part_names))
-        for micro in group[rank()::world]:
-            ids, mask = collate([train_ids[i] for i in micro], pad_id)
-            labels = torch.as_tensor(train_labels[micro], device=accelerator.device)
-            with accelerator.accumulate(model):
-                logits = model(input_ids=ids.to(accelerator.device), attention_mask=mask.to(accelerator.device)).logits
-                loss, parts = distill_loss(logits, labels, [t[micro] for t in teacher_logits], cfg.temperature,
-                                           cfg.w_ce, cfg.w_kl, cfg.w_cos)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad()
-            loss_sum += loss.detach() / accum
-            parts_sum += torch.tensor(list(parts.values())) / accum  # ce, kl_0, cos_0, kl_1, ...
-            tokens += int(mask.sum())
-        scheduler.step()
-        step += 1
-        steps_this_run += 1
-        loss_mean = accelerator.reduce(loss_sum, "mean").item()
-        parts_mean = accelerator.reduce(parts_sum.to(accelerator.device), "mean").tolist()
-        row = {k: v for k, v in zip(part_names, parts_mean)}
-        if step % cfg.eval_every == 0 or step == total_steps:
-            metrics = evaluate()
-            row.update(valid_log_loss=metrics["log_loss"], valid_accuracy=metrics["accuracy"])
-            if best is None or metrics["log_loss"] < best["valid_log_loss"]:
-                best = {"valid_log_loss": metrics["log_loss"], "valid_accuracy": metrics["accuracy"], "step": step}
-                save_adapter(accelerator, model, out / "best")
-            model.train()
-        logger.log(step, loss_mean, row, scheduler.get_last_lr()[0], tokens * world, epoch=epoch)
-        if step % cfg.save_every == 0 or step == total_steps:
-            save_checkpoint(accelerator, ckpt_dir, {"step": step, "best": best})
-        if cfg.stop_after > 0 and steps_this_run >= cfg.stop_after and step < total_steps:
-            print0(f"[distill] stop_after={cfg.stop_after}: stopping at step {step} (resume by re-running)")
-            save_checkpoint(accelerator, ckpt_dir, {"step": step, "best": best})
-            return {"stopped": True, "step": step, "out": str(out)}
+    result = engine.train(accelerator, model, optimizer, scheduler, plan, lengths=[len(x) for x in train_ids],
+                          loss_fn=loss_fn, part_names=part_names, seed=cfg.seed, out=out, tag="distill", cfg=cfg,
+                          evaluate=evaluate, eval_every=cfg.eval_every, best_key="valid_log_loss",
+                          save_every=cfg.save_every, tracker_config=dataclasses.asdict(cfg))
+    if result.stopped:
+        return {"stopped": True, "step": result.step, "out": str(out)}
 
     # ------------------------------------------------------------------------------------ save/summary
-    save_adapter(accelerator, model, out / "last")
-    accelerator.wait_for_everyone()
     summary = {}
     if is_main():
-        promote_files(out / "best", out)  # the best adapter is the stage's result, at the top level
+        best = result.best
+        promote_files(out / "best", out)  # the best adapter (+ its oof.csv) is the stage's result, at the top level
         rows = read_parquet(data_dir / "train.parquet", columns=["label"])["label"]
         summary = {"model": cfg.student, "fold": cfg.fold, "valid_log_loss": best["valid_log_loss"],
                    "valid_accuracy": best["valid_accuracy"], "best_step": best["step"], "n_valid": len(dev),
                    "n_train": len(train), "prior_log_loss": prior_log_loss(rows, dev_labels),
-                   "total_steps": total_steps, "train_seconds_this_run": round(time.perf_counter() - t0, 1),
+                   "total_steps": plan.total_steps, "train_seconds_this_run": round(result.seconds, 1),
                    "base_model": str(base), "init_adapter": init_from, "teachers": cfg.teachers,
                    "temperature": cfg.temperature}
         atomic_write_json(out / "metrics.json", summary)

@@ -19,9 +19,11 @@ Launch (repo root):
     accelerate launch --num_processes 8 src/22_logic_sft.py --config configs/a100x8.yaml     # 8 GPUs (DDP,
         # each process holds the nf4 70B base, ~40 GB; global_batch 8 = the seed's 1 x 8 GPUs)
 
+Training runs through arena_distill.engine (as stages 3, 4, 7): longest micro-batch first, fp32 LoRA weights,
+non-reentrant gradient checkpointing, `report_to` trackers, elapsed/ETA on every step line.
 Resume: a complete checkpoint (LoRA weights, optimizer, scheduler, RNG, loop position) is written every
-`save_steps` optimizer steps; re-running the same command continues from it (granularity: one optimizer
-step; the batch order depends only on seed and epoch). A finished run (DONE.json) is skipped unless force=true.
+`save_steps` optimizer steps; re-running the same command after a kill -9 continues from it with the same loss
+curve and adapter bytes (granularity: one optimizer step; the batch order depends only on seed and epoch). A finished run (DONE.json) is skipped unless force=true.
 """
 from __future__ import annotations
 
@@ -29,22 +31,19 @@ import dataclasses
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from arena_distill import config as C
-from arena_distill import llama_factory
-from arena_distill.batching import collate, length_grouped_batches
-from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
+from arena_distill import engine, llama_factory
+from arena_distill.batching import collate
+from arena_distill.dist import is_main, print0, rank, world_size
 from arena_distill.io import (atomic_write_json, is_done, mark_done, require_done, run_stage,
                               StageInputError)
 from arena_distill.models import add_lora, describe, load_causal_lm, load_tokenizer, model_folder, warn_if_cpu_quant
-from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
-                                       grad_accum_for, load_checkpoint, make_accelerator, promote_files,
-                                       save_adapter, save_checkpoint, truncate_log)
+from arena_distill.train_utils import LoraArgs, TrainArgs, promote_files
 from arena_distill.readers import read_json
 
 IGNORE = -100
@@ -89,6 +88,7 @@ class SFTConfig(LoraArgs, TrainArgs):
             raise C.ConfigError(f"template must be llama3_factory, model or raw, got {self.template!r}")
         if not 0 <= self.val_size < 0.5:
             raise C.ConfigError("val_size must be in [0, 0.5)")
+        super().__post_init__()
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -133,12 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = model_folder(cfg.model_dir, cfg.base_model, run_first="python src/01_build_tiny_models.py")
     if cfg.cpu_threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(cfg.cpu_threads)
-    world = world_size()
-    accum = grad_accum_for(cfg.global_batch, cfg.micro_batch, world)
-    accelerator = make_accelerator(accum, cfg.mixed_precision)
-    seed = seed_everything(cfg.seed)
-    print0(f"[logic_sft] base={base} processes={world} device={accelerator.device} micro_batch={cfg.micro_batch} "
-           f"accum={accum} global_batch={cfg.global_batch} seed={seed}")
+    accelerator, accum, seed = engine.setup(cfg, out, tag="logic_sft")
+    print0(f"[logic_sft] base={base}")
 
     # -------------------------------------------------------------------------------------------- data
     rows = read_json(reflect / "sft.json", fix="re-run src/21_logic_reflect.py, which writes it")
@@ -162,16 +158,12 @@ def main(argv: list[str] | None = None) -> dict:
     n_val = max(1, round(len(encoded) * cfg.val_size)) if cfg.val_size > 0 and len(encoded) >= 2 else 0
     val = [encoded[i] for i in perm[:n_val]]
     train = [encoded[i] for i in perm[n_val:]]
-    micro_per_epoch = (len(train) // cfg.micro_batch) // (accum * world) * (accum * world)
-    steps_per_epoch = micro_per_epoch // (accum * world)
-    total_steps = math.ceil(steps_per_epoch * cfg.epochs) if cfg.max_steps < 0 else cfg.max_steps
-    if steps_per_epoch <= 0 or total_steps <= 0:
-        raise StageInputError(f"{reflect}/sft.json gives {len(train)} training rows: fewer than one global batch "
-                              f"({cfg.global_batch}); lower global_batch or produce more SFT rows")
+    plan = engine.plan_steps(len(train), cfg, accum, where=f"{reflect}/sft.json (training rows)", round_up=True)
+    total_steps = plan.total_steps
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     n_resp = sum(sum(l != IGNORE for l in lab) for _, lab in train)
     print0(f"[logic_sft] rows {len(rows)} -> train {len(train)} / valid {len(val)}; response tokens {n_resp:,}; "
-           f"steps/epoch {steps_per_epoch}, total {total_steps}, warmup {warmup}")
+           f"steps/epoch {plan.steps_per_epoch}, total {total_steps}, warmup {warmup}")
 
     # ------------------------------------------------------------------------------------------- model
     model = load_causal_lm(base, dtype=cfg.dtype, quant=warn_if_cpu_quant(cfg.quant),
@@ -181,22 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
                      target_modules=cfg.target_modules, task="CAUSAL_LM",
                      gradient_checkpointing=cfg.gradient_checkpointing)
     print0(f"[logic_sft] {describe(model)}")
-    optimizer = build_optimizer(model, cfg.lr, tuple(cfg.betas), cfg.weight_decay)
-    scheduler = cosine_schedule(optimizer, warmup, total_steps, cfg.min_lr_ratio)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    # ------------------------------------------------------------------------------------------ resume
-    ckpt_dir = out / "checkpoint"
-    state = load_checkpoint(accelerator, ckpt_dir) or {"step": 0}
-    step = state["step"]
-    if step:
-        print0(f"[logic_sft] resumed from {ckpt_dir} at step {step}")
-        truncate_log(out / "log.jsonl", step)
+    model, optimizer, scheduler = engine.prepare(accelerator, model, cfg, plan, warmup_steps=warmup)
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
         C.save_config(cfg, out, seed=seed, base_model=str(base), n_train=len(train), n_valid=len(val))
-    logger = StepLogger(out / "log.jsonl", total_steps)
     pad_id = tokenizer.pad_token_id
     device = accelerator.device
 
@@ -205,69 +185,37 @@ def main(argv: list[str] | None = None) -> dict:
         labels, _ = collate([e[1] for e in examples], IGNORE)
         return ids.to(device), mask.to(device), labels.to(device)
 
-    def evaluate() -> float | None:
+    def evaluate(step: int) -> engine.Evaluation:
         """Token-mean CE on the response tokens of the validation rows (all ranks)."""
-        if not val:
-            return None
         model.eval()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         n_tok = torch.zeros((), device=device, dtype=torch.float64)
         with torch.no_grad():
-            for ex in val[rank()::world]:
+            for ex in val[rank()::world_size()]:
                 ids, mask, labels = batch([ex])
                 n = (labels[:, 1:] != IGNORE).sum()
                 loss_sum += model(input_ids=ids, attention_mask=mask, labels=labels).loss.double() * n
                 n_tok += n
-        model.train()
-        return (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(n_tok, "sum").clamp(min=1)).item()
+        loss = (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(n_tok, "sum").clamp(min=1)).item()
+        return engine.Evaluation({"eval_loss": loss})
+
+    def loss_fn(micro: np.ndarray):
+        ids, mask, labels = batch([train[i] for i in micro])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        return loss, {"ce": loss.detach()}, int(mask.sum())
 
     # -------------------------------------------------------------------------------------------- loop
-    model.train()
-    t0, steps_this_run, plan_epoch, plan = time.perf_counter(), 0, -1, []
-    lengths = [len(e[0]) for e in train]
-    eval_loss = None
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        if epoch != plan_epoch:  # depends only on (seed, epoch): a resumed run rebuilds the same plan
-            plan = length_grouped_batches(lengths, cfg.micro_batch, seed=cfg.seed, epoch=epoch)[:micro_per_epoch]
-            plan_epoch = epoch
-        in_epoch = step - epoch * steps_per_epoch
-        group = plan[in_epoch * accum * world:(in_epoch + 1) * accum * world]
-        loss_sum, tokens = torch.zeros((), device=device), 0
-        for micro in group[rank()::world]:
-            ids, mask, labels = batch([train[i] for i in micro])
-            with accelerator.accumulate(model):
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad()
-            loss_sum += loss.detach() / accum
-            tokens += int(mask.sum())
-        scheduler.step()
-        step += 1
-        steps_this_run += 1
-        loss_mean = accelerator.reduce(loss_sum, "mean").item()
-        extra = {}
-        if step % cfg.eval_steps == 0 or step == total_steps:
-            eval_loss = evaluate()
-            if eval_loss is not None:
-                extra["eval_loss"] = eval_loss
-        logger.log(step, loss_mean, {"ce": loss_mean, **extra}, scheduler.get_last_lr()[0], tokens * world,
-                   epoch=epoch)
-        if step % cfg.save_steps == 0 or step == total_steps:
-            save_checkpoint(accelerator, ckpt_dir, {"step": step})
-        if cfg.stop_after > 0 and steps_this_run >= cfg.stop_after and step < total_steps:
-            print0(f"[logic_sft] stop_after={cfg.stop_after}: stopping at step {step} (resume by re-running)")
-            save_checkpoint(accelerator, ckpt_dir, {"step": step})
-            return {"stopped": True, "step": step, "out": str(out)}
+    result = engine.train(accelerator, model, optimizer, scheduler, plan, lengths=[len(e[0]) for e in train],
+                          loss_fn=loss_fn, part_names=["ce"], seed=cfg.seed, out=out, tag="logic_sft", cfg=cfg,
+                          evaluate=evaluate if val else None, eval_every=cfg.eval_steps,
+                          save_every=cfg.save_steps, tracker_config=dataclasses.asdict(cfg))
+    if result.stopped:
+        return {"stopped": True, "step": result.step, "out": str(out)}
 
     # ------------------------------------------------------------------------------------ save/summary
-    save_adapter(accelerator, model, out / "adapter.tmp")  # built whole, then its files move to the top level
     summary: dict = {}
     if is_main():
-        promote_files(out / "adapter.tmp", out, remove=True)
+        promote_files(out / "last", out, remove=True)  # the last step's adapter is the stage's result
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
         train_losses = [r["loss"] for r in log]
         evals = [(r["step"], r["eval_loss"]) for r in log if "eval_loss" in r]
@@ -276,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "train_loss_first": train_losses[0], "train_loss_last": train_losses[-1],
                    "train_loss_min": min(train_losses),
                    "eval_loss_first": evals[0][1] if evals else None, "eval_loss_last": evals[-1][1] if evals else None,
-                   "eval_curve": evals, "train_seconds_this_run": round(time.perf_counter() - t0, 1)}
+                   "eval_curve": evals, "train_seconds_this_run": round(result.seconds, 1)}
         atomic_write_json(out / "metrics.json", summary)
         mark_done(out, stage="logic_sft", total_steps=total_steps, eval_loss=summary["eval_loss_last"])
         print0(f"[logic_sft] done: train loss {summary['train_loss_first']:.4f} -> {summary['train_loss_last']:.4f}"

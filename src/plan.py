@@ -382,8 +382,11 @@ def plan_profile(profile: dict, hw: Hardware, stages: list[str]) -> list[StagePl
                                          quant=q, zero=zero, **train_kw))
         elif stage == "teacher":
             s = _sec(profile, stage)
+            # the seed's schedule trains epochs_run (1) of the planned epochs (2): half the teacher compute
+            epochs_run = float(s.get("epochs_run", -1))
+            epochs = min(epochs_run, float(s.get("epochs", 2))) if epochs_run > 0 else float(s.get("epochs", 2))
             for m in teachers:
-                out.append(plan_training(stage, m, "SEQ_CLS", s, hw, rows=fold_rows, epochs=float(s.get("epochs", 2)),
+                out.append(plan_training(stage, m, "SEQ_CLS", s, hw, rows=fold_rows, epochs=epochs,
                                          quant=s.get("quant", "nf4"), zero=zero, **train_kw))
         elif stage == "logits":
             s = _sec(profile, stage)

@@ -41,3 +41,34 @@ def test_two_processes_match_one_process_with_accumulation(tmp_path, tiny_model_
     assert abs(one[-1]["valid_log_loss"] - two[-1]["valid_log_loss"]) < 1e-4
     assert (tmp_path / "two" / "checkpoint" / "random_states_1.pkl").is_file()  # every rank's RNG saved
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["n_valid"] == 48  # gathered, not one shard
+
+
+SLOW_RANK1 = '''
+import os, runpy, sys, time
+import accelerate.accelerator as A
+original = A.save_accelerator_state
+def slow(*args, **kwargs):  # rank 1 writes its RNG state last, as on the CI machine
+    if os.environ.get("RANK") == "1":
+        time.sleep(2)
+    return original(*args, **kwargs)
+A.save_accelerator_state = slow
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+def test_checkpoint_waits_for_the_slowest_rank(tmp_path, tiny_model_dirs):
+    """Regression (CI: rank 1 exited 1 after step 2, rank 0 "Connection closed by peer"): accelerate's save_state
+    has no barrier at its end, so rank 0 renamed checkpoint.tmp while rank 1 was still writing
+    random_states_1.pkl into it ("Parent directory .../checkpoint.tmp does not exist")."""
+    project = make_project(tmp_path, tiny_model_dirs)
+    wrapper = tmp_path / "slow_rank1.py"
+    wrapper.write_text(SLOW_RANK1)
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(wrapper),
+           str(REPO / "src" / "04_train_teacher.py"), "--config", str(project), "model=tiny_llama", "fold=0",
+           "max_steps=2", "eval_every=2", "save_every=1", f"out_dir={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (out / "checkpoint").iterdir()}

@@ -14,10 +14,13 @@ import torch
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int, epoch: int = 0,
-                           mega_batch_mult: int = 50, drop_last: bool = False) -> list[np.ndarray]:
+                           mega_batch_mult: int = 50, drop_last: bool = False,
+                           longest_first: bool = False) -> list[np.ndarray]:
     """Shuffled batches of row indices, each made of rows with similar lengths.
 
     Deterministic in (seed, epoch): a resumed run recomputes the same order and skips what it has seen.
+    ``longest_first`` moves the batch with the most padded tokens (rows x longest row) to the front, as HF's
+    ``LengthGroupedSampler`` does: an out-of-memory shows at step 1, not hours in.
     """
     lengths = np.asarray(lengths)
     rng = np.random.default_rng([seed, epoch])
@@ -31,7 +34,11 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int
     if drop_last and batches and len(batches[-1]) < batch_size:
         batches.pop()
     perm = rng.permutation(len(batches))
-    return [batches[i] for i in perm]
+    batches = [batches[i] for i in perm]
+    if longest_first and batches:
+        biggest = int(np.argmax([len(b) * int(lengths[b].max()) for b in batches]))  # first one on ties
+        batches.insert(0, batches.pop(biggest))
+    return batches
 
 
 def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None,

@@ -130,7 +130,10 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        # Non-reentrant checkpointing, explicitly: peft 0.21.2 passes its empty default kwargs on, so torch
+        # would fall back to the reentrant variant (which torch has announced will raise without the flag).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
         keep_frozen_in_compute_dtype(model)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -139,7 +142,36 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[
     head = [n for n in HEAD_NAMES if hasattr(model, n)] if (task == "SEQ_CLS" and train_head) else None
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                         task_type=task, modules_to_save=head or None, bias="none")
-    return get_peft_model(model, config)
+    return hold_trainables_in_fp32(get_peft_model(model, config))
+
+
+def hold_trainables_in_fp32(model):
+    """Cast every trainable tensor (LoRA A/B, the ``modules_to_save`` score head) to fp32, whatever the base
+    dtype; returns the model. Idempotent.
+
+    peft's ``autocast_adapter_dtype`` upcasts LoRA weights only; the score head copy keeps the base dtype, and
+    torch AdamW on bf16 weights rounds most small updates away (44% of a bf16 head's elements never moved in
+    200 steps at lr 5e-5). LoRA layers cast their input to the adapter dtype themselves (peft lora
+    ``_cast_input_dtype``); a fp32 head gets a pre-hook that does the same, so it also runs without autocast.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if (own and all(p.requires_grad and p.dtype == torch.float32 for p in own)
+                and isinstance(module, torch.nn.Linear) and not getattr(module, "_fp32_input_hook", False)
+                and "lora_" not in type(module).__name__):
+            module.register_forward_pre_hook(_inputs_to_weight_dtype)
+            module._fp32_input_hook = True
+    return model
+
+
+def _inputs_to_weight_dtype(module, args):
+    # The weight's dtype at call time, not fp32: DeepSpeed bf16 casts the whole module to bf16 at initialize
+    # (its fp32 master copy lives in the optimizer), and the input must follow.
+    dtype = module.weight.dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def keep_frozen_in_compute_dtype(model, dtype: torch.dtype | None = None) -> int:

@@ -16,9 +16,10 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -27,6 +28,7 @@ from .dist import device_capability, is_main, mixed_precision_for, print0, world
 from .io import append_jsonl, atomic_dir, atomic_write_json
 
 STATE_FILE = "loop_state.json"
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 
 
 @dataclasses.dataclass
@@ -58,25 +60,98 @@ class TrainArgs:
     min_lr_ratio: float = C.field(0.0, help="cosine floor as a fraction of lr")
     mixed_precision: str = C.field("auto", help="accelerate mixed precision: auto, no, bf16, fp16")
     stop_after: int = C.field(-1, help="testing aid: stop (as if killed) after N optimizer steps of this run")
+    report_to: str = C.field("none", help="experiment tracker through accelerate: none, tensorboard (offline, "
+                                          "<out_dir>/tensorboard/), wandb, mlflow; log.jsonl is always written")
+
+    def __post_init__(self) -> None:
+        if self.report_to not in REPORT_TO:
+            raise C.ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
 
 
-def make_accelerator(grad_accum_steps: int, mixed_precision: str = "auto"):
-    """Accelerator for this process. ``auto`` = bf16 from sm80, fp16 below (T4), none on CPU."""
+def deepspeed_launch() -> bool:
+    """True when the launcher asked for DeepSpeed (``accelerate launch`` with a ``distributed_type: DEEPSPEED``
+    config sets ``ACCELERATE_USE_DEEPSPEED=true``, accelerate/utils/launch.py ``prepare_deepspeed_cmd_env``)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def make_accelerator(grad_accum_steps: int, mixed_precision: str = "auto", *, micro_batch: int | None = None,
+                     grad_clip: float | None = None, report_to: str = "none",
+                     project_dir: str | os.PathLike | None = None):
+    """Accelerator for this process. ``auto`` = bf16 from sm80, fp16 below (T4), none on CPU.
+
+    Under a DeepSpeed launch the stage's own numbers go into DeepSpeed's config *before* ``prepare``:
+    ``train_micro_batch_size_per_gpu`` (accelerate 1.15 ``_prepare_deepspeed`` raises without it when no
+    DataLoader is prepared), ``gradient_accumulation_steps`` (else ``ACCELERATE_GRADIENT_ACCUMULATION_STEPS``
+    or the config file would win and the global batch shrink) and ``gradient_clipping`` (under DeepSpeed
+    ``accelerator.clip_grad_norm_`` only reports the norm; DeepSpeed clips inside its step).
+    """
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
+    if report_to not in REPORT_TO:
+        raise ValueError(f"report_to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
     # auto: by compute capability (dist.dtype_for_capability: bf16 from sm80, fp16 on T4, no on CPU)
     mixed_precision = mixed_precision_for(device_capability(), mixed_precision)
     # Some imported package (DeepSpeed / GPTQModel) turns on INFO logging; checkpoint chatter is not a log line.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
-    # cpu=True on a machine without CUDA: accelerate only goes multi-process on CPU (gloo) when told so;
-    # otherwise every rank of a torchrun launch would silently train alone.
+    kwargs: dict[str, Any] = {}
+    if report_to != "none":
+        # TensorBoard writes its event files under <out_dir>/tensorboard/<stage>/ (offline; nothing is sent).
+        logging_dir = Path(project_dir) / "tensorboard" if project_dir and report_to == "tensorboard" else project_dir
+        kwargs.update(log_with=report_to, project_dir=str(logging_dir) if logging_dir else None)
+    cuda = torch.cuda.is_available()
+    if deepspeed_launch() and not cuda:
+        # DeepSpeed on CPU (its CPU accelerator, deepspeed/accelerator/cpu_accelerator.py: gloo unless oneCCL
+        # is installed). accelerate only keeps the DEEPSPEED type with cpu=False (state.py: `... == "true" and
+        # not cpu`), and with cpu=False and no CUDA it picks no backend, so every rank would count itself as
+        # process 0 of 1: name gloo explicitly (docs/architecture.md, "DeepSpeed on CPU").
+        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+        cpu = False
+    else:
+        # cpu=True on a machine without CUDA: accelerate only goes multi-process on CPU (gloo) when told so;
+        # otherwise every rank of a torchrun launch would silently train alone.
+        cpu = not cuda
     accelerator = Accelerator(gradient_accumulation_steps=grad_accum_steps, mixed_precision=mixed_precision,
-                              cpu=not torch.cuda.is_available())
+                              cpu=cpu, **kwargs)
+    if deepspeed_launch() and not is_deepspeed(accelerator):
+        raise RuntimeError(f"launched with DeepSpeed but accelerate set up {accelerator.distributed_type}: "
+                           "the DeepSpeed config would be ignored")
     if accelerator.num_processes != world_size():
         raise RuntimeError(f"launcher started {world_size()} processes but accelerate sees "
                            f"{accelerator.num_processes}: gradients would not be synchronised")
-    _register_trainable_only_hooks(accelerator)
+    # ACCELERATE_GRADIENT_ACCUMULATION_STEPS (accelerate launch --gradient_accumulation_steps) overrides the
+    # constructor argument (accelerator.py, parse_choice_from_env): the stage's global batch wins.
+    accelerator.gradient_accumulation_steps = grad_accum_steps
+    if is_deepspeed(accelerator):
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        if micro_batch is None:
+            raise ValueError("DeepSpeed needs the micro-batch size: make_accelerator(..., micro_batch=)")
+        ds["train_micro_batch_size_per_gpu"] = micro_batch
+        ds["gradient_accumulation_steps"] = grad_accum_steps
+        ds["train_batch_size"] = micro_batch * grad_accum_steps * accelerator.num_processes
+        if grad_clip is not None:
+            ds["gradient_clipping"] = float(grad_clip)  # 0 = off, as DeepSpeed reads it
+    else:
+        _register_trainable_only_hooks(accelerator)
     return accelerator
+
+
+def check_global_batch(accelerator, global_batch: int, micro_batch: int, grad_accum_steps: int) -> None:
+    """Refuse to train with any other global batch than the configured one (asserted after ``prepare``)."""
+    n = accelerator.num_processes
+    seen = {"accelerate accumulation": accelerator.gradient_accumulation_steps}
+    if is_deepspeed(accelerator):
+        ds = accelerator.deepspeed_config
+        seen.update({"DeepSpeed micro-batch": ds["train_micro_batch_size_per_gpu"],
+                     "DeepSpeed accumulation": ds["gradient_accumulation_steps"],
+                     "DeepSpeed train_batch_size / processes": ds["train_batch_size"] // n})
+    want = {"accelerate accumulation": grad_accum_steps, "DeepSpeed micro-batch": micro_batch,
+            "DeepSpeed accumulation": grad_accum_steps,
+            "DeepSpeed train_batch_size / processes": micro_batch * grad_accum_steps}
+    bad = [f"{k} {v} (expected {want[k]})" for k, v in seen.items() if v != want[k]]
+    if bad or micro_batch * grad_accum_steps * n != global_batch:
+        raise RuntimeError(f"global batch is not {global_batch} = micro_batch {micro_batch} x accumulation "
+                           f"{grad_accum_steps} x processes {n}: " + "; ".join(bad))
 
 
 def grad_accum_for(global_batch: int, micro_batch: int, world: int) -> int:
@@ -130,6 +205,10 @@ def save_checkpoint(accelerator, ckpt_dir: str | os.PathLike, loop_state: dict[s
     accelerator.wait_for_everyone()
     kwargs = {"exclude_frozen_parameters": True} if is_deepspeed(accelerator) else {}
     accelerator.save_state(str(tmp), **kwargs)
+    # save_state has no barrier at its end (accelerate 1.15 accelerator.py): without this one rank 0 renamed
+    # the folder while rank 1 was still writing random_states_1.pkl into it ("Parent directory
+    # .../checkpoint.tmp does not exist", the 2-process CI failure).
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_json(tmp / STATE_FILE, loop_state)
         old = ckpt_dir.with_name(ckpt_dir.name + ".old")
@@ -151,13 +230,34 @@ def load_checkpoint(accelerator, ckpt_dir: str | os.PathLike) -> dict[str, Any] 
     return json.loads((ckpt_dir / STATE_FILE).read_text())
 
 
-def save_adapter(accelerator, model, dest: str | os.PathLike) -> None:
+def trainable_state(accelerator, model) -> dict[str, torch.Tensor] | None:
+    """The trainable tensors (LoRA + saved head) of a prepared model on rank 0 (None elsewhere), without
+    a full-model state dict: ``accelerator.get_state_dict`` clones every frozen weight on every rank (a 4-bit
+    70B on 8 ranks: ~300 GB of host RAM per save). Under ZeRO-3 only the trainable shards are gathered;
+    under ZeRO-2 every rank holds the full (updated) parameters already."""
+    unwrapped = accelerator.unwrap_model(model)
+    params = [(n, p) for n, p in unwrapped.named_parameters() if p.requires_grad]
+    if is_deepspeed(accelerator) and any(hasattr(p, "ds_id") for _, p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
+            return {n: p.detach().cpu().clone() for n, p in params} if accelerator.is_main_process else None
+    return {n: p.detach().cpu().clone() for n, p in params} if accelerator.is_main_process else None
+
+
+def save_adapter(accelerator, model, dest: str | os.PathLike,
+                 write: Callable[[Path], None] | None = None) -> None:
     """Save the trainable adapter (LoRA + saved head) of a prepared model into ``dest``, built whole then
-    renamed. Every rank must call it (ZeRO-3 gathers the weights); rank 0 writes."""
-    state_dict = accelerator.get_state_dict(model)
+    renamed; ``write(folder)`` adds files beside it (e.g. oof.csv) before the rename. Every rank must call it
+    (ZeRO-3 gathers the trainable weights); rank 0 writes."""
+    state_dict = trainable_state(accelerator, model)
     if accelerator.is_main_process:
         with atomic_dir(dest) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict)
+            # save_embedding_layers=False: a LoRA on lm_head would otherwise copy the frozen embedding matrix.
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, save_embedding_layers=False)
+            if write is not None:
+                write(Path(tmp))
+    accelerator.wait_for_everyone()
 
 
 def promote_files(src_dir: str | os.PathLike, out_dir: str | os.PathLike, remove: bool = False) -> None:
@@ -172,24 +272,54 @@ def promote_files(src_dir: str | os.PathLike, out_dir: str | os.PathLike, remove
         shutil.rmtree(src_dir)
 
 
-class StepLogger:
-    """One fixed-format line per optimizer step on rank 0, and the same dict appended to a JSONL file."""
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
-    def __init__(self, jsonl_path: str | os.PathLike, total_steps: int):
+
+class StepLogger:
+    """One fixed-format line per optimizer step on rank 0 (with elapsed time and ETA), the same dict appended
+    to a JSONL file and sent to accelerate's trackers; a tqdm bar when stdout is a terminal."""
+
+    def __init__(self, jsonl_path: str | os.PathLike, total_steps: int, start_step: int = 0, accelerator=None):
         self.path = Path(jsonl_path)
         self.total = total_steps
-        self.t_last = time.perf_counter()
+        self.start_step = start_step
+        self.accelerator = accelerator
+        self.t_start = self.t_last = time.perf_counter()
+        self.bar = None
+        if is_main() and sys.stdout.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, leave=False)
 
     def log(self, step: int, loss: float, parts: dict[str, float], lr: float, tokens: int, **extra: Any) -> dict:
         now = time.perf_counter()
         dt, self.t_last = now - self.t_last, now
-        row = {"step": step, "loss": loss, **parts, "lr": lr, "dt": dt, "tok_s": tokens / max(dt, 1e-9), **extra}
+        elapsed = now - self.t_start
+        done = max(step - self.start_step, 1)
+        eta = elapsed / done * max(self.total - step, 0)  # this run's pace (a resumed run restarts the clock)
+        row = {"step": step, "loss": loss, **parts, "lr": lr, "dt": dt, "tok_s": tokens / max(dt, 1e-9), **extra,
+               "elapsed_s": round(elapsed, 3), "eta_s": round(eta, 3)}
         if is_main():
             parts_txt = " ".join(f"{k} {v:.4f}" for k, v in parts.items())
-            print0(f"step {step:5d}/{self.total} | loss {loss:.4f} | {parts_txt} | lr {lr:.2e} | "
-                   f"dt {dt * 1000:.0f}ms | tok/s {row['tok_s']:.0f}")
+            line = (f"step {step:5d}/{self.total} | loss {loss:.4f} | {parts_txt} | lr {lr:.2e} | "
+                    f"dt {dt * 1000:.0f}ms | tok/s {row['tok_s']:.0f} | elapsed {_hms(elapsed)} | eta {_hms(eta)}")
+            if self.bar is not None:
+                self.bar.write(line)
+                self.bar.update(1)
+            else:
+                print0(line)
             append_jsonl(self.path, row)
+        if self.accelerator is not None and self.accelerator.trackers:
+            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"},
+                                 step=step)
         return row
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def read_log(jsonl_path: str | os.PathLike) -> list[dict]:

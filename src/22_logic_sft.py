@@ -13,6 +13,9 @@ into the merged model's tokenizer, so evaluation answers in it), loss on the res
 (labels -100 on the prompt), LoRA r16 / alpha32 on all linear layers, lr 5e-5, cosine with warmup ratio 0.1,
 10 epochs, cutoff 10,240 tokens, 4-bit nf4 base (QLoRA) on GPU, 1% validation split with eval loss every
 `eval_steps` optimizer steps. Length-grouped micro-batches, gradient accumulation to `global_batch`.
+Loss normalisation `loss_norm=sequence` (default: each row's token-mean, rows weigh the same, as the seed's
+LLaMA-Factory run on transformers 4.43) or `token` (every response token of the optimizer step weighs the
+same, as LLaMA-Factory/TRL/HF Trainer since late 2024); see arena_distill.losses.sft_loss.
 
 Launch (repo root):
     python src/22_logic_sft.py --config configs/tiny.yaml                                   # CPU / 1 GPU
@@ -40,6 +43,7 @@ from arena_distill import config as C
 from arena_distill import engine, llama_factory
 from arena_distill.batching import collate
 from arena_distill.dist import is_main, print0, rank, world_size
+from arena_distill.losses import sft_loss
 from arena_distill.io import (atomic_write_json, is_done, mark_done, require_done, run_stage,
                               StageInputError)
 from arena_distill.models import add_lora, describe, load_causal_lm, load_tokenizer, model_folder, warn_if_cpu_quant
@@ -73,6 +77,10 @@ class SFTConfig(LoraArgs, TrainArgs):
     micro_batch: int = C.field(1, help="rows per forward pass per process")
     betas: list[float] = C.field([0.9, 0.999], help="AdamW betas (transformers' defaults, as LLaMA-Factory)")
     warmup_ratio: float = C.field(0.1, help="linear warmup over this fraction of the optimizer steps")
+    loss_norm: str = C.field("sequence", help="sequence = each row's token-mean, rows weigh the same (the seed's "
+                                              "run: LLaMA-Factory, transformers 4.43, 1 row per GPU); token = every "
+                                              "response token of the optimizer step weighs the same (LLaMA-Factory/"
+                                              "TRL/HF Trainer since late 2024)")
     eval_steps: int = C.field(10, help="eval loss on the validation rows every N optimizer steps (and at the end)")
     save_steps: int = C.field(20, help="write a resume checkpoint every N optimizer steps")
     cpu_threads: int = C.field(0, help="torch threads on CPU (0 = torch's default; 1 avoids oversubscribing a "
@@ -86,6 +94,8 @@ class SFTConfig(LoraArgs, TrainArgs):
             raise C.ConfigError(f"quant must be '' or nf4, got {self.quant!r}")
         if self.template not in ("llama3_factory", "model", "raw"):
             raise C.ConfigError(f"template must be llama3_factory, model or raw, got {self.template!r}")
+        if self.loss_norm not in ("sequence", "token"):
+            raise C.ConfigError(f"loss_norm must be sequence or token, got {self.loss_norm!r}")
         if not 0 <= self.val_size < 0.5:
             raise C.ConfigError("val_size must be in [0, 0.5)")
         super().__post_init__()
@@ -199,16 +209,27 @@ def main(argv: list[str] | None = None) -> dict:
         loss = (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(n_tok, "sum").clamp(min=1)).item()
         return engine.Evaluation({"eval_loss": loss})
 
+    # Labelled tokens per row (after the one-token shift), to normalise over a whole optimizer step.
+    n_targets = [sum(t != IGNORE for t in lab[1:]) for _, lab in train]
+    step = {"targets": 0}
+
+    def begin_step(group: list[np.ndarray]) -> None:
+        step["targets"] = sum(n_targets[i] for micro in group for i in micro)
+
     def loss_fn(micro: np.ndarray):
         ids, mask, labels = batch([train[i] for i in micro])
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = sft_loss(logits, labels, cfg.loss_norm, step_targets=step["targets"], scale=plan.accum * plan.world,
+                        ignore_index=IGNORE)
+        # "ce" is logged as the step's CE under the chosen normalisation (the engine averages loss / accum).
         return loss, {"ce": loss.detach()}, int(mask.sum())
 
     # -------------------------------------------------------------------------------------------- loop
     result = engine.train(accelerator, model, optimizer, scheduler, plan, lengths=[len(e[0]) for e in train],
                           loss_fn=loss_fn, part_names=["ce"], seed=cfg.seed, out=out, tag="logic_sft", cfg=cfg,
                           evaluate=evaluate if val else None, eval_every=cfg.eval_steps,
-                          save_every=cfg.save_steps, tracker_config=dataclasses.asdict(cfg))
+                          save_every=cfg.save_steps, tracker_config=dataclasses.asdict(cfg),
+                          begin_step=begin_step if cfg.loss_norm == "token" else None)
     if result.stopped:
         return {"stopped": True, "step": result.step, "out": str(out)}
 

@@ -272,6 +272,38 @@ def test_sft_trains_and_resumes_like_an_uninterrupted_run(stage_module, tiny_mod
     assert C.read_saved_config(out / "config.yaml")["base_model"] == str(tiny_models_root / "tiny_llama")
 
 
+@pytest.mark.parametrize("norm", ["sequence", "token"])
+def test_sft_loss_norm_first_step_matches_the_base_model(stage_module, tiny_models_root, tmp_path, norm):
+    """One optimizer step over all rows (micro-batch 1, accumulation 5): the logged loss is the base model's
+    response CE (LoRA starts as a no-op) under the chosen normalisation, from an independent forward pass."""
+    from arena_distill.models import load_causal_lm, load_tokenizer
+
+    sft = stage_module("22_logic_sft")
+    logic = tmp_path / "logic"
+    (logic / "reflect").mkdir(parents=True)
+    rows = [{"instruction": f"题目 {i}：谁最高？", "input": "", "output": "分析。" * (1 + 6 * i) + "因此答案是：B"}
+            for i in range(5)]
+    (logic / "reflect" / "sft.json").write_text(json.dumps(rows, ensure_ascii=False))
+    mark_done(logic / "reflect")
+    res = sft.main(["--config", TINY, f"logic_dir={logic}", f"model_dir={tiny_models_root}", "base_model=tiny_llama",
+                    "max_steps=1", "global_batch=5", "micro_batch=1", "epochs=1", "val_size=0", "save_steps=1",
+                    f"loss_norm={norm}", f"save_dir={tmp_path / 'save'}"])
+    logged = read_jsonl(tmp_path / "save" / "logic_sft" / "log.jsonl")[0]["loss"]
+    base = tiny_models_root / "tiny_llama"
+    tok, model = load_tokenizer(base), load_causal_lm(base, dtype="fp32")
+    sums, counts = [], []
+    with torch.no_grad():
+        for r in rows:
+            ids, labels = sft.encode_example(tok, r["instruction"], "", r["output"], 10240, "llama3_factory")
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
+            picked = [float(-logp[t, labels[t + 1]]) for t in range(len(ids) - 1) if labels[t + 1] != sft.IGNORE]
+            sums.append(sum(picked))
+            counts.append(len(picked))
+    assert len(set(counts)) == 5  # rows of different lengths: the two rules give different numbers
+    want = (sum(s / c for s, c in zip(sums, counts)) / 5) if norm == "sequence" else sum(sums) / sum(counts)
+    assert res["total_steps"] == 1 and logged == pytest.approx(want, rel=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------ stage 23
 def test_merge_equals_base_plus_adapter(stage_module, tiny_models_root, tmp_path):
     merge = stage_module("23_logic_merge")

@@ -77,3 +77,70 @@ def test_confident_teacher_zero_probabilities_are_finite():
     t = torch.tensor([[100.0, -100.0, -100.0], [-100.0, 100.0, -100.0]])
     loss, _ = distill_loss(s, torch.tensor([0, 1]), [t])
     assert torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------------------------------------ SFT loss
+def _rows_ce(logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, int]]:
+    """Literal restatement: per row, the summed next-token CE over labelled tokens and their count."""
+    out = []
+    for lg, lb in zip(logits, labels):
+        total, count = 0.0, 0
+        for t in range(lb.shape[0] - 1):
+            if lb[t + 1] != -100:
+                total += float(-torch.log_softmax(lg[t].double(), dim=-1)[lb[t + 1]])
+                count += 1
+        out.append((total, count))
+    return out
+
+
+def _sft_batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 7, 11, generator=g)
+    labels = torch.randint(0, 11, (3, 7), generator=g)
+    labels[0, :5] = -100          # row 0: 1 labelled target (the last token)
+    labels[1, :2] = -100          # row 1: 4 targets
+    labels[2, 3:] = -100          # row 2: 2 targets (right padding ignored)
+    return logits, labels
+
+
+def test_sft_loss_sequence_is_the_mean_of_row_means():
+    from arena_distill.losses import sft_loss
+
+    logits, labels = _sft_batch()
+    rows = _rows_ce(logits, labels)
+    want = sum(t / c for t, c in rows) / len(rows)
+    assert sft_loss(logits, labels, "sequence").item() == pytest.approx(want, rel=1e-6)
+
+
+def test_sft_loss_token_over_an_accumulated_step_weighs_every_token_the_same():
+    """Three micro-batches of one row, accumulation 3 on 1 process: the engine divides each loss by 3; with
+    scale = 3 the step's gradient is that of sum(CE) / all labelled tokens of the step."""
+    from arena_distill.losses import sft_loss
+
+    logits, labels = _sft_batch(1)
+    rows = _rows_ce(logits, labels)
+    n_step = sum(c for _, c in rows)
+    want = sum(t for t, _ in rows) / n_step
+    leaf = logits.clone().requires_grad_(True)
+    accum = 3
+    total = sum(sft_loss(leaf[i:i + 1], labels[i:i + 1], "token", step_targets=n_step, scale=accum) / accum
+                for i in range(3))
+    assert total.item() == pytest.approx(want, rel=1e-6)
+    total.backward()
+    ref = logits.clone().requires_grad_(True)
+    flat = torch.nn.functional.cross_entropy(ref[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1),
+                                             ignore_index=-100, reduction="sum") / n_step
+    flat.backward()
+    torch.testing.assert_close(leaf.grad, ref.grad)
+    # the two rules differ whenever rows have different numbers of targets
+    assert sft_loss(logits, labels, "sequence").item() != pytest.approx(want, rel=1e-3)
+
+
+def test_sft_loss_rejects_unknown_norms_and_a_missing_step_count():
+    from arena_distill.losses import sft_loss
+
+    logits, labels = _sft_batch()
+    with pytest.raises(ValueError, match="loss_norm"):
+        sft_loss(logits, labels, "batch")
+    with pytest.raises(ValueError, match="step_targets"):
+        sft_loss(logits, labels, "token")

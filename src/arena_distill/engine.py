@@ -135,13 +135,16 @@ def batch_plan(lengths: Sequence[int], plan: StepPlan, seed: int, epoch: int) ->
 def train(accelerator, model, optimizer, scheduler, plan: StepPlan, *, lengths: Sequence[int], loss_fn: LossFn,
           part_names: Sequence[str], seed: int, out: Path, tag: str, cfg: Any,
           evaluate: Callable[[int], Evaluation] | None = None, eval_every: int = 0, best_key: str | None = None,
-          save_every: int = 100, tracker_config: dict | None = None) -> TrainResult:
+          save_every: int = 100, tracker_config: dict | None = None,
+          begin_step: Callable[[list[np.ndarray]], None] | None = None) -> TrainResult:
     """Run (or resume) training to ``plan.stop_step``.
 
     ``evaluate(step)`` runs on every rank every ``eval_every`` steps and at ``stop_step``.
     Writes under ``out``: ``log.jsonl`` (one row per optimizer step), ``checkpoint/`` (resume point),
     ``best/`` (adapter of the lowest ``best_key`` evaluation, with its ``Evaluation.write`` files) and
     ``last/`` (adapter at ``stop_step``, with the files of the evaluation there).
+    ``begin_step(group)``, when given, sees every micro-batch of the coming optimizer step (all ranks) before
+    the first forward: a loss normalised over the whole step (stage 22's ``loss_norm=token``) counts there.
     """
     ckpt_dir = out / "checkpoint"
     state = load_checkpoint(accelerator, ckpt_dir) or {"step": 0, "best": None, "last": None}
@@ -176,6 +179,8 @@ def train(accelerator, model, optimizer, scheduler, plan: StepPlan, *, lengths: 
             batches, plan_epoch = batch_plan(lengths, plan, seed, epoch), epoch
         in_epoch = step - epoch * plan.steps_per_epoch
         group = batches[in_epoch * group_size:(in_epoch + 1) * group_size]
+        if begin_step is not None:
+            begin_step(group)
         loss_sum = torch.zeros((), device=device)
         parts_sum = torch.zeros(len(part_names), device=device)
         tokens = 0

@@ -37,3 +37,30 @@ def distill_loss(student_logits: torch.Tensor, labels: torch.Tensor, teacher_log
         parts[f"cos_{i}"] = cos.detach().item()
     total = total / (1 + 2 * len(teacher_logits))
     return total, parts
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor, norm: str, *, step_targets: int = 0,
+             scale: float = 1.0, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled (response) tokens of one micro-batch, normalised two ways.
+
+    ``sequence``: the mean over rows of each row's token-mean; every row weighs the same. This is what the
+    seed's run computed: LLaMA-Factory on transformers 4.43 with ``per_device_train_batch_size 1`` and no
+    accumulation takes each row's token-mean, and DDP averages the rows of the 8 GPUs.
+    ``token``: the sum over tokens divided by ``step_targets``, the number of labelled tokens in the whole
+    optimizer step (every micro-batch of every rank); every token weighs the same. This is what LLaMA-Factory,
+    TRL, torchtune and HF Trainer do since late 2024 (transformers' ``num_items_in_batch``). The engine divides
+    by the accumulation steps and DDP averages over ranks, so pass ``scale = accumulation * processes`` to undo
+    both: the gradient is then exactly that of sum(CE) / step_targets.
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    per_token = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=ignore_index,
+                                reduction="none")
+    valid = shift_labels != ignore_index
+    if norm == "sequence":
+        return (per_token.sum(dim=1) / valid.sum(dim=1).clamp(min=1)).mean()
+    if norm == "token":
+        if step_targets <= 0:
+            raise ValueError("loss_norm=token needs step_targets > 0 (labelled tokens in the optimizer step)")
+        return per_token.sum() * (scale / step_targets)
+    raise ValueError(f"loss_norm must be 'sequence' or 'token', got {norm!r}")

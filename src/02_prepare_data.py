@@ -59,7 +59,7 @@ from arena_distill.config import config_dict, field, load_config, save_config  #
 from arena_distill.dist import print0, seed_everything, warn0  # noqa: E402
 from arena_distill.io import (atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text,  # noqa: E402
                               is_done, mark_done, read_done, require, run_stage, StageInputError)
-from arena_distill.readers import check_tokenizer_folder, read_csv  # noqa: E402
+from arena_distill.readers import check_tokenizer_folder, read_csv, read_json  # noqa: E402
 
 EXTRA_ID_BASE = {"33k": 10**12, "ut": 2 * 10**12}
 SCHEMA = pa.schema([("id", pa.int64()), ("swap", pa.bool_()), ("label", pa.int8()),
@@ -125,7 +125,7 @@ FINGERPRINT_FILE = "prepare_fingerprint.json"  # its own file: later stages may 
 
 def _read_fingerprint(folder: Path) -> dict:
     path = folder / FINGERPRINT_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(path, fix="re-run with force=true") if path.is_file() else {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,8 +30,8 @@ import torch
 from arena_distill import config as C
 from arena_distill.batching import collate, length_grouped_batches
 from arena_distill.dist import is_main, print0, rank, seed_everything, world_size
-from arena_distill.io import (atomic_write_json, is_done, mark_done, require, require_done, run_stage,
-                              StageInputError)
+from arena_distill.io import (atomic_write_json, check_done, fingerprint, mark_done, require, require_done,
+                              run_stage, StageInputError)
 from arena_distill.models import add_lora, describe, load_classifier, load_tokenizer, model_folder, warn_if_cpu_quant
 from arena_distill.train_utils import (LoraArgs, StepLogger, TrainArgs, build_optimizer, cosine_schedule,
                                        grad_accum_for, load_checkpoint, make_accelerator, promote_files,
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(PostPretrainConfig, "post_pretrain", argv)
     data_dir = Path(cfg.processed_dir) / f"{cfg.model}_ut"
     out = Path(cfg.out_dir or Path(cfg.save_dir) / f"{cfg.model}_ut")
-    if is_done(out) and not cfg.force:
-        print0(f"[post_pretrain] {out} is done; skipping (force=true to retrain)")
+    fp = fingerprint(cfg)
+    if check_done(out, fp, cfg.force, "post_pretrain"):
         return {"skipped": True, "out": str(out)}
     if cfg.force and is_main() and out.exists():
         shutil.rmtree(out)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "final_ce": logger_last_ce[0], "train_seconds_this_run": round(time.perf_counter() - t0, 1),
                    "base_model": str(base)}
         atomic_write_json(out / "metrics.json", summary)
-        mark_done(out, stage="post_pretrain", final_ce=summary["final_ce"])
+        mark_done(out, fingerprint=fp, stage="post_pretrain", final_ce=summary["final_ce"])
         print0(f"[post_pretrain] done: {total_steps} steps, last ce {summary['final_ce']:.4f} -> {out}")
     accelerator.wait_for_everyone()
     return summary

@@ -45,7 +45,7 @@ def test_check_done_same_changed_force_legacy(tmp_path, capsys):
     mark_done(out, fingerprint=fp, stage="s")
     assert read_done(out)["fingerprint"] == fp
     assert check_done(out, fp, False, "s") is True
-    assert "is done with these settings; skipping" in capsys.readouterr().out
+    assert "is done with these settings: skipped" in capsys.readouterr().out
     assert check_done(out, fingerprint(_Cfg(save_every=7, force=True)), False, "s") is True  # run-only keys
     new = fingerprint(_Cfg(lr=2e-5))
     with pytest.raises(StageInputError) as err:
@@ -108,7 +108,7 @@ def test_stage_refuses_changed_settings(name, stage_module, tmp_path, monkeypatc
         aio.atomic_write_json(out / "metrics.json", {k: 0.5 for k in mod.HEADLINE})
     mark_done(out, fingerprint=fp, stage=name)
     mod.main(argv)  # same settings: skip, as before
-    assert "is done with these settings; skipping" in "".join(capsys.readouterr())
+    assert "is done with these settings: skipped" in "".join(capsys.readouterr())
     key = changed.split("=")[0]
     with pytest.raises(StageInputError, match=rf"other settings \({key}: .* -> .*\); pass force=true"):
         mod.main([*argv, changed])

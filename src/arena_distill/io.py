@@ -218,11 +218,11 @@ def check_settings(out: str | os.PathLike, old: Any, fp: dict[str, Any], stage: 
     stream = sys.stderr if to_stderr else sys.stdout
     if not isinstance(old, dict):
         print0(f"[{stage}] warning: {out} is done but records no settings (made by an older version), so a "
-               f"change cannot be detected; skipping (force=true to redo)", file=stream)
+               f"change cannot be detected: skipped (force=true to redo)", file=stream)
         return
     diff = fingerprint_diff(old, fp)
     if diff:
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise StageInputError(f"[{stage}] {out} is done but was made with other settings ({changes}); pass "
                               f"force=true to redo it (then re-run the stages downstream of it)")
-    print0(f"[{stage}] {out} is done with these settings; skipping (force=true to redo)", file=stream)
+    print0(f"[{stage}] {out} is done with these settings: skipped (force=true to redo)", file=stream)

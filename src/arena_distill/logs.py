@@ -98,16 +98,19 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     library itself creates and configures at import time)."""
 
     def __init__(self, name: str, callback: Callable[[object], None]):
-        self.name, self.callback = name, callback
+        self.name, self.callback, self.busy = name, callback, False
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != self.name:
+        if fullname != self.name or self.busy:
             return None
-        sys.meta_path.remove(self)  # once: find the real spec without us
-        spec = importlib.util.find_spec(fullname)
+        self.busy = True  # the real spec, found by the other finders (we answer None while busy)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.busy = False
         if spec is None or spec.loader is None:
             return spec
-        loader, callback = spec.loader, self.callback
+        loader, callback, finder = spec.loader, self.callback, self
 
         class _Loader(importlib.abc.Loader):
             def create_module(self, spec):
@@ -115,6 +118,8 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
             def exec_module(self, module):
                 loader.exec_module(module)
+                if finder in sys.meta_path:  # once (removed here, not while Python iterates the finders)
+                    sys.meta_path.remove(finder)
                 callback(module)
 
         spec.loader = _Loader()

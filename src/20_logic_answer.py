@@ -47,7 +47,7 @@ from pathlib import Path
 
 from arena_distill import config as C
 from arena_distill.dist import print0, seed_everything
-from arena_distill.gen_backends import GenOptions, make_backend
+from arena_distill.gen_backends import GEN_TRANSPORT_KEYS, GenOptions, make_backend
 from arena_distill.io import (atomic_write_json, atomic_write_jsonl, check_done, fingerprint, mark_done, read_jsonl, run_stage,
                               StageInputError)
 from arena_distill.logic_text import (LETTERS, TEMPLATES, LogicDataError, extract_answer, generation_row,
@@ -132,7 +132,7 @@ def answer_with_retries(backend, prompts: list[str], letters: list[str], *, n: i
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(AnswerConfig, "logic_answer", argv)
     out = Path(cfg.logic_dir) / (cfg.run_name or f"answer_{cfg.split}")
-    fp = fingerprint(cfg, exclude=("chunk_size", "run_name"))
+    fp = fingerprint(cfg, exclude=("chunk_size", "run_name", *GEN_TRANSPORT_KEYS))
     if check_done(out, fp, cfg.force, "logic_answer"):
         return {"skipped": True, "out": str(out)}
     if cfg.force and out.exists():

@@ -33,6 +33,18 @@ def test_fingerprint_drops_run_only_and_excluded_keys():
     assert fp == {"lr": 1e-4, "betas": [0.9, 0.95]}  # tuples stored as JSON lists, so a re-read compares equal
 
 
+def test_fingerprint_never_stores_secrets():
+    @dataclasses.dataclass
+    class Gen:
+        api_key: str = "sk-123"
+        hf_token: str = "hf_abc"
+        max_new_tokens: int = 64
+        backend_overrides: dict = dataclasses.field(default_factory=lambda: {"api_key": "x", "concurrency": 4})
+
+    fp = fingerprint(Gen())
+    assert fp == {"max_new_tokens": 64, "backend_overrides": {"concurrency": 4}}
+
+
 def test_diff_ignores_keys_an_older_run_did_not_record():
     assert fingerprint_diff({"lr": 1.0}, {"lr": 1.0, "new_key": 3}) == {}
     assert fingerprint_diff({"lr": 1.0, "gone": 2}, {"lr": 2.0}) == {"lr": (1.0, 2.0)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -178,13 +179,24 @@ RUN_ONLY_KEYS = frozenset({
 })
 
 
+# Never written into DONE.json (a secret in a marker file would outlive the run), at any nesting level.
+_SECRET_KEY = re.compile(r"api_key|password|secret|(^|_)token$", re.IGNORECASE)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    return value
+
+
 def fingerprint(cfg: Any, exclude: tuple[str, ...] | frozenset[str] = ()) -> dict[str, Any]:
-    """The config keys that shape a stage's output, as JSON values (what ``DONE.json`` stores)."""
+    """The config keys that shape a stage's output, as JSON values (what ``DONE.json`` stores); secrets
+    (API keys, tokens, passwords) are left out."""
     import dataclasses
 
     drop = RUN_ONLY_KEYS | set(exclude)
     values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in drop}
-    return json.loads(json.dumps(values, default=_json_default))  # tuples -> lists, as read back
+    return json.loads(json.dumps(_scrub(values), default=_json_default))  # tuples -> lists, as read back
 
 
 def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -135,7 +135,16 @@ def _quiet_logbar(module: object) -> None:
     original = shared.__func__
 
     def quiet_shared(klass, *args, **kwargs):
-        logger = original(klass, *args, **kwargs)
+        # On creation it also prints an empty line ("clear space from previous logs", logbar.py): muted too.
+        mute = not _verbose and getattr(module, "logger", True) is None and callable(getattr(module, "_print", None))
+        printer = getattr(module, "_print", None)
+        if mute:
+            module._print = lambda *a, **k: None
+        try:
+            logger = original(klass, *args, **kwargs)
+        finally:
+            if mute:
+                module._print = printer
         if not _verbose and logger.level < logging.WARNING:
             logger.setLevel(logging.WARNING)
         return logger

@@ -740,7 +740,7 @@ def render(res: dict[str, Any]) -> str:
              f"{res['model']['non_embedding_params'] / 1e6:.1f} M non-embedding params, {res['model']['dtype']}, "
              f"attention {res['model']['attn_implementation']}. LoRA r {s['lora_r']} alpha {s['lora_alpha']} "
              f"on all linear layers.", "",
-             f"Data: {res['data']['source']}. Tokens per row at max_length {s['max_length']}: "
+             f"Data: {res['data']['source']}. Tokens per test row at max_length {s['max_length']}: "
              + ", ".join(f"{k} {v:.0f}" for k, v in res["data"]["token_percentiles"].items())
              + f"; {100 * res['data']['truncated_fraction']:.1f}% of rows cut to max_length.", "",
              f"Medians of {s['repeats']} interleaved runs after warm-up.", "",

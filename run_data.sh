@@ -22,6 +22,8 @@
 # (sample.*, tiny_models.*, prepare.*, common.*).
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
+. "$(dirname "$0")/src/runbook.sh"
+runbook_help "$0" "$@"
 cd "$(dirname "$0")"
 
 export CONFIG=${CONFIG:-configs/a100x8.yaml}

@@ -5,7 +5,7 @@
 #   8.  src/08_average_merge.py   model_save/<student>fold<k>/ -> <student>_avg/ + final_merged/
 #   9.  src/09_quantize.py        final_merged/ -> final_model_gptq/ (+ quant_report.json: fp vs quantized)
 #   -   predict_test.py           only with PREDICT=1 (test.csv -> sub/submission.csv); usually run on its own
-#   10. src/10_report.py          sub/cv_report.md + sub/reliability.png
+#   10. src/10_report.py          sub/cv_report.md + sub/reliability.png (out-of-fold) + sub/curves/*.png
 #   11. src/11_publish.py         only with PUSH_TO_HUB=<user>/<name>: model card + Hub upload (HF_TOKEN)
 #
 # Hardware: one GPU is enough (merge of a 9B student in fp32 ~40 GB; GPTQ 8-bit of 9B ~15-30 min on an A100);
@@ -25,6 +25,8 @@
 # (average.*, quantize.*, predict.*, report.*, common.*).
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
+. "$(dirname "$0")/src/runbook.sh"
+runbook_help "$0" "$@"
 cd "$(dirname "$0")"
 
 export CONFIG=${CONFIG:-configs/a100x8.yaml}

@@ -18,11 +18,14 @@
 # (e.g. distill.temperature=2, common.seed=1).
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
+. "$(dirname "$0")/src/runbook.sh"
+runbook_help "$0" "$@"
 cd "$(dirname "$0")"
 
 FOLD=${1:?usage: sh run_pipeline.sh <fold> [section.key=value ...]}
 shift
 export CONFIG=${CONFIG:-configs/a100x8.yaml}
+runbook_fold "$FOLD" "$@"
 FORCE_ARG=(); [ "${FORCE:-0}" = "1" ] && FORCE_ARG=(force=true)
 NGPU=${NGPU:-$(python -c "import torch; print(torch.cuda.device_count())")}
 ACCEL_CONFIG=${ACCEL_CONFIG:-configs/accelerate/zero2.yaml}

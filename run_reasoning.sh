@@ -35,6 +35,8 @@
 # Finished stages (DONE.json) are skipped, so a re-run after a failure continues where it stopped.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
+. "$(dirname "$0")/src/runbook.sh"
+runbook_help "$0" "$@"
 cd "$(dirname "$0")"
 
 export CONFIG=${CONFIG:-configs/a100x8.yaml}

@@ -12,9 +12,12 @@
 #   FORCE=1 sh run_tiny.sh         # redo every stage
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
+. "$(dirname "$0")/src/runbook.sh"
+runbook_help "$0" "$@"
 cd "$(dirname "$0")"
 export CONFIG=configs/tiny.yaml
 FOLDS=${FOLDS:-0}
+for FOLD in $FOLDS; do runbook_fold "$FOLD" "$@"; done   # every fold checked before the first stage
 SECONDS=0
 
 # --- data: sample data, tiny models + tokenizers, folds, tokenized processed data ----------------------

@@ -71,7 +71,7 @@ from arena_distill.config import config_dict, field, load_config, save_config  #
 from arena_distill.dist import print0, seed_everything, warn0  # noqa: E402
 from arena_distill.io import (atomic_dir, atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text,  # noqa: E402
                               is_done, mark_done, read_done, require, run_stage, StageInputError)
-from arena_distill.readers import check_tokenizer_folder, read_csv  # noqa: E402
+from arena_distill.readers import check_tokenizer_folder, read_csv, read_json  # noqa: E402
 
 EXTRA_ID_BASE = {"33k": 10**12, "ut": 2 * 10**12}
 SCHEMA = pa.schema([("id", pa.int64()), ("swap", pa.bool_()), ("label", pa.int8()),
@@ -168,7 +168,7 @@ def _read_fingerprint(folder: Path) -> dict:
     path = folder / FINGERPRINT_FILE
     if not path.is_file():
         return {}
-    return {**LEGACY_FINGERPRINT, **json.loads(path.read_text(encoding="utf-8"))}
+    return {**LEGACY_FINGERPRINT, **read_json(path, fix="re-run with force=true")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ from arena_distill import config as C
 from arena_distill import engine
 from arena_distill.batching import collate
 from arena_distill.dist import is_main, print0
-from arena_distill.io import atomic_write_json, is_done, mark_done, require, require_done, run_stage
+from arena_distill.io import (atomic_write_json, check_done, fingerprint, mark_done, require, require_done,
+                              run_stage)
 from arena_distill.models import add_lora, describe, load_classifier, load_tokenizer, model_folder, warn_if_cpu_quant
 from arena_distill.train_utils import LoraArgs, TrainArgs, promote_files, read_log
 from arena_distill.readers import read_parquet
@@ -66,8 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(PostPretrainConfig, "post_pretrain", argv)
     data_dir = Path(cfg.processed_dir) / f"{cfg.model}_ut"
     out = Path(cfg.out_dir or Path(cfg.save_dir) / f"{cfg.model}_ut")
-    if is_done(out) and not cfg.force:
-        print0(f"[post_pretrain] {out} is done; skipping (force=true to retrain)")
+    fp = fingerprint(cfg)
+    if check_done(out, fp, cfg.force, "post_pretrain"):
         return {"skipped": True, "out": str(out)}
     if cfg.force and is_main() and out.exists():
         shutil.rmtree(out)
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "final_ce": final_ce, "train_seconds_this_run": round(result.seconds, 1),
                    "base_model": str(base)}
         atomic_write_json(out / "metrics.json", summary)
-        mark_done(out, stage="post_pretrain", final_ce=summary["final_ce"])
+        mark_done(out, fingerprint=fp, stage="post_pretrain", final_ce=summary["final_ce"])
         print0(f"[post_pretrain] done: {plan.total_steps} steps, last ce {summary['final_ce']:.4f} -> {out}")
     accelerator.wait_for_everyone()
     return summary

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from arena_distill import config as C
 from arena_distill.dist import is_main, pick_device, print0, rank, world_size
-from arena_distill.io import (atomic_write_json, atomic_write_parquet, require, require_done, run_stage,
-                              StageInputError)
+from arena_distill.io import (atomic_write_json, atomic_write_parquet, check_settings, fingerprint, require,
+                              require_done, run_stage, StageInputError)
 from arena_distill.metrics import classification_metrics
 from arena_distill.models import load_classifier, load_peft, load_tokenizer, model_folder, warn_if_cpu_quant
 from arena_distill.scoring import score_classifier
-from arena_distill.readers import read_csv, read_parquet
+from arena_distill.readers import read_csv, read_json, read_parquet
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -68,8 +68,11 @@ class LogitsConfig:
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(LogitsConfig, "logits", argv)
     out_file = Path(cfg.out_dir) / f"{cfg.model}fold{cfg.fold}.parquet"
+    report_file = Path(cfg.out_dir) / f"{cfg.model}fold{cfg.fold}.json"
+    fp = fingerprint(cfg, exclude=("batch_size", "max_tokens"))  # batching does not change the logits
     if out_file.is_file() and not cfg.force:
-        print0(f"[logits] {out_file} exists; skipping (force=true to recompute)")
+        old = read_json(report_file, fix="re-run with force=true") if report_file.is_file() else {}
+        check_settings(out_file, old.get("fingerprint"), fp, "logits")
         return {"skipped": True, "out": str(out_file)}
 
     # -------------------------------------------------------------------------------------------- data
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
               "out_of_fold_rows": int((scorer != cfg.fold).sum()),
               "fit_on_scored_rows": classification_metrics(logits, rows["label"].to_numpy())}
     C.save_config(cfg, cfg.out_dir, name=f"{cfg.model}fold{cfg.fold}.config.yaml")
-    atomic_write_json(Path(cfg.out_dir) / f"{cfg.model}fold{cfg.fold}.json", report)
+    atomic_write_json(report_file, {**report, "fingerprint": fp})
     atomic_write_parquet(out_file, table)
     print0(f"[logits] wrote {out_file}: {len(table):,} rows ({report['in_sample_rows']:,} in-sample, "
            f"{report['out_of_fold_rows']:,} out-of-fold); log loss on them "

@@ -43,8 +43,8 @@ from arena_distill import engine
 from arena_distill.batching import collate
 from arena_distill.dist import is_main, print0
 from arena_distill.losses import distill_loss
-from arena_distill.io import (atomic_write_json, atomic_write_text, is_done, mark_done, require,
-                              require_done, run_stage, StageInputError)
+from arena_distill.io import (atomic_write_json, atomic_write_text, check_done, fingerprint, is_done, mark_done,
+                              require, require_done, run_stage, StageInputError)
 from arena_distill.metrics import classification_metrics, cv_table, prior_log_loss
 from arena_distill.oof import oof_writer
 from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(DistillConfig, "distill", argv)
     data_dir = Path(cfg.processed_dir) / f"{cfg.student}fold{cfg.fold}"
     out = Path(cfg.out_dir or Path(cfg.save_dir) / f"{cfg.student}fold{cfg.fold}")
-    if is_done(out) and not cfg.force:
-        print0(f"[distill] {out} is done; skipping (force=true to retrain)")
+    fp = fingerprint(cfg, exclude=("eval_batch", "eval_max_tokens"))
+    if check_done(out, fp, cfg.force, "distill"):
         return {"skipped": True, "out": str(out)}
     if cfg.force and is_main() and out.exists():
         shutil.rmtree(out)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "base_model": str(base), "init_adapter": init_from, "teachers": cfg.teachers,
                    "temperature": cfg.temperature}
         atomic_write_json(out / "metrics.json", summary)
-        mark_done(out, stage="distill", **{k: summary[k] for k in ("valid_log_loss", "best_step")})
+        mark_done(out, fingerprint=fp, stage="distill", **{k: summary[k] for k in ("valid_log_loss", "best_step")})
         names = [*cfg.teachers, *([cfg.student] if cfg.student else [])] or [cfg.student]
         atomic_write_text(Path(cfg.save_dir) / "cv_table.md", cv_table(cfg.save_dir, names, cfg.n_folds))
         print0(f"[distill] done: valid log loss {summary['valid_log_loss']:.4f} (prior "

@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from arena_distill import config as C  # noqa: E402
 from arena_distill import encoding_record  # noqa: E402
 from arena_distill.dist import pick_dtype, print0, seed_everything, warn0  # noqa: E402
-from arena_distill.io import (atomic_dir, atomic_write_json, is_done, mark_done, read_done, require_done, run_stage,  # noqa: E402
+from arena_distill.io import (atomic_dir, atomic_write_json, check_done, fingerprint, is_done, mark_done, read_done, require_done, run_stage,  # noqa: E402
                               StageInputError)
 from arena_distill.metrics import accuracy, log_loss  # noqa: E402
 from arena_distill.models import check_not_quantized, load_classifier, load_peft, load_tokenizer  # noqa: E402
@@ -194,8 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
     save = Path(cfg.save_dir)
     out_dir = Path(cfg.out_dir or save / "final_merged")
     avg_dir = Path(cfg.avg_adapter_dir or save / f"{cfg.student}_avg")
-    if is_done(out_dir) and not cfg.force:
-        print0(f"[average] {out_dir} is already merged (DONE.json): skipped (force=true to redo)")
+    # The folds actually averaged are part of the settings: a merge of fold 0 alone is stale once all
+    # folds are finished. Evaluation keys only change the report, not the merged weights.
+    fp = {**fingerprint(cfg, exclude=("compare", "eval_rows", "eval_batch", "eval_max_tokens", "avg_adapter_dir")),
+          "folds": folds}
+    if check_done(out_dir, fp, cfg.force, "average"):
         return {"skipped": True, **read_done(out_dir)}
 
     # ------------------------------------------------------------------------------------- inputs
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         C.save_config(cfg, tmp, base_model=str(base), folds=folds, averaged_from=[str(d) for d in fold_dirs])
         if record is not None:
             encoding_record.write_record(tmp, record)
-        mark_done(tmp, stage="average", method="lora_mean", folds=folds)
+        mark_done(tmp, fingerprint=fp, stage="average", method="lora_mean", folds=folds)
     print0(f"[average] averaged {len(avg)} tensors over {len(folds)} folds (r={lora_cfg.get('r')}, "
            f"alpha={lora_cfg.get('lora_alpha')}) -> {avg_dir}")
 
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
         C.save_config(cfg, tmp, base_model=str(base), averaged_adapter=str(avg_dir), folds=folds)
         if record is not None:
             encoding_record.write_record(tmp, record)
-        mark_done(tmp, stage="average", method=cfg.method, folds=folds, dtype=str(save_dtype),
+        mark_done(tmp, fingerprint=fp, stage="average", method=cfg.method, folds=folds, dtype=str(save_dtype),
                   seconds=round(time.perf_counter() - t0, 1))
     print0(f"[average] wrote {out_dir} ({str(save_dtype).replace('torch.', '')}) in "
            f"{time.perf_counter() - t0:.1f} s")

@@ -42,7 +42,7 @@ from arena_distill import encoding_record  # noqa: E402
 from arena_distill import quant  # noqa: E402
 from arena_distill.arena_text import encode_batch, read_arena_csv  # noqa: E402
 from arena_distill.dist import pick_device, pick_dtype, print0, seed_everything, warn0  # noqa: E402
-from arena_distill.io import (atomic_write_json, is_done, mark_done, read_done, require_done, run_stage,  # noqa: E402
+from arena_distill.io import (atomic_write_json, check_done, fingerprint, mark_done, read_done, require_done, run_stage,  # noqa: E402
                               StageInputError)
 from arena_distill.metrics import accuracy, log_loss  # noqa: E402
 from arena_distill.models import load_tokenizer  # noqa: E402
@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
     save = Path(cfg.save_dir)
     merged = Path(cfg.merged_dir or save / "final_merged")
     out = Path(cfg.out_dir or save / "final_model_gptq")
-    if is_done(out) and not cfg.force:
-        print0(f"[quantize] {out} is already quantized (DONE.json): skipped (force=true to redo)")
+    fp = fingerprint(cfg, exclude=("compare", "eval_rows", "eval_batch", "eval_max_tokens"))
+    if check_done(out, fp, cfg.force, "quantize"):
         return {"skipped": True, **read_done(out)}
     require_done(merged, "python src/08_average_merge.py  (or sh run_final.sh)", what="merged model")
     if quant.is_quantized(merged):
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_json(out / "quant_report.json", report)
     C.save_config(cfg, out, merged_dir=str(merged))
     encoding_record.copy_record(merged, out)  # the judge encodes as in training (arena_distill/judge.py)
-    mark_done(out, stage="quantize", bits=cfg.bits, group_size=cfg.group_size,
+    mark_done(out, fingerprint=fp, stage="quantize", bits=cfg.bits, group_size=cfg.group_size,
               log_loss_delta=report.get("check", {}).get("log_loss_delta"))
     print0(f"[quantize] wrote {out}")
     return report

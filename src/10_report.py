@@ -1,12 +1,16 @@
 """Stage 10: one markdown report of the LMSYS run (config section ``report``).
 
 Reads   model_save/<teacher>fold<k>/metrics.json, model_save/<student>fold<k>/metrics.json (stages 4, 7)
+        model_save/<model>fold<k>/oof.csv (stages 4, 7: out-of-fold predictions, see arena_distill.oof)
+        model_save/<model>fold<k>/log.jsonl, model_save/<model>_ut/log.jsonl (stages 3, 4, 7: loss curves)
         model_save/final_merged/{average_report.json, heldout_predictions.parquet} (stage 8)
         model_save/final_model_gptq/quant_report.json (stage 9), sub/predict_report.json (predict_test.py)
         <data_dir>/truth.csv (sample data only: the true class probabilities, for the best achievable loss)
-Writes  sub/cv_report.md (``out``) and sub/reliability.png (``png``): per-fold CV of teachers and student,
-        the fold-averaged student (lora_mean vs delta_mean), fp vs quantized, prediction speed, and a
-        reliability (calibration) diagram of the averaged student on held-out rows.
+Writes  sub/cv_report.md (``out``), sub/reliability.png (``png``) and sub/curves/*.png (``curves_dir``):
+        per-fold CV of teachers and student, the true out-of-fold CV (pooled oof.csv), train/valid loss
+        curves per fold and stage, the fold-averaged student (lora_mean vs delta_mean), fp vs quantized,
+        prediction speed, and a reliability (calibration) diagram of the student's out-of-fold predictions
+        (falling back to the averaged student's held-out rows, which it trained on, when there are none).
 
 Launch (repository root; CPU, seconds):
     python src/10_report.py --config configs/tiny.yaml
@@ -31,6 +35,7 @@ from arena_distill.io import atomic_path, atomic_write_text, run_stage, StageInp
 from arena_distill.metrics import cv_table, expected_calibration_error, log_loss, reliability_bins  # noqa: E402
 from arena_distill.dist import print0  # noqa: E402
 from arena_distill import readers  # noqa: E402
+from arena_distill.oof import PROB_COLUMNS, oof_table, pooled, read_curve  # noqa: E402
 
 CLASS_NAMES = ("A wins", "B wins", "tie")
 
@@ -49,6 +54,7 @@ class ReportConfig:
     out: str = C.field("sub/cv_report.md", help="markdown report")
     png: str = C.field("sub/reliability.png", help="reliability diagram")
     n_bins: int = C.field(10, help="probability bins of the reliability diagram")
+    curves_dir: str = C.field("sub/curves", help="train/valid loss curve PNGs, one per run folder")
 
 
 def read_json(path: Path) -> dict | None:
@@ -90,6 +96,51 @@ def reliability_png(probs: np.ndarray, labels: np.ndarray, path: Path, n_bins: i
     plt.close(fig)
 
 
+def curve_png(log_path: Path, path: Path, title: str) -> bool:
+    """Train loss per optimizer step and valid log loss at the evaluation steps; False when the log is empty."""
+    train, valid = read_curve(log_path)
+    if not train and not valid:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot(*zip(*train), lw=1, label="train loss")
+    if valid:
+        ax.plot(*zip(*valid), "o-", label="valid log loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
+def curve_section(cfg: ReportConfig, save: Path, out: Path) -> list[str]:
+    """Markdown lines with one PNG per run folder that has a log.jsonl, grouped by stage."""
+    runs = [("post-pretrain (stage 3)", n, save / f"{n}_ut") for n in [*cfg.teachers, cfg.student] if n]
+    runs += [(f"teacher (stage 4) fold {k}", n, save / f"{n}fold{k}") for n in cfg.teachers for k in range(cfg.n_folds)]
+    runs += [(f"student (stage 7) fold {k}", cfg.student, save / f"{cfg.student}fold{k}")
+             for k in range(cfg.n_folds) if cfg.student]
+    lines, made = ["## Training curves", ""], 0
+    for what, name, folder in runs:
+        log = folder / "log.jsonl"
+        png = Path(cfg.curves_dir) / f"{folder.name}.png"
+        if log.is_file() and curve_png(log, png, f"{name}: {what}"):
+            rel = os.path.relpath(png.resolve(), out.parent.resolve())
+            lines.append(f"- {name}, {what}: ![{folder.name}]({Path(rel).as_posix()})")
+            made += 1
+    if not made:
+        lines.append("No training logs yet (model_save/<model>fold<k>/log.jsonl) -> run `sh run_pipeline.sh <fold>`.")
+    return lines + [""]
+
+
 # --------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> str:
     cfg = C.load_config(ReportConfig, "report", argv)
@@ -117,6 +168,18 @@ def main(argv: list[str] | None = None) -> str:
     else:
         lines += ["No fold metrics yet -> run `sh run_pipeline.sh <fold>` for each fold.", ""]
 
+    # ------------------------------------------------------------------------------------- out-of-fold CV
+    hints = {n: f"stage 4 (`python src/04_train_teacher.py model={n} fold=<k>`)" for n in cfg.teachers}
+    if cfg.student:
+        hints[cfg.student] = "stage 7 (`python src/07_distill_student.py fold=<k>`)"
+    table, oof = oof_table(save, names, cfg.n_folds, hints)
+    found += sum(bool(v) for v in oof.values())
+    lines += ["## Out-of-fold CV (oof.csv of stages 4 and 7)", "",
+              "Each fold's dev rows scored by the checkpoint that fold keeps, never trained on them; pooled over "
+              "folds this is the CV estimate of the recipe (\"partial\": some folds missing).", "", table]
+
+    lines += curve_section(cfg, save, out)
+
     # ------------------------------------------------------------------------------------- averaged student
     avg = read_json(merged / "average_report.json")
     lines += ["## Fold-averaged student (stage 8)", ""]
@@ -136,7 +199,7 @@ def main(argv: list[str] | None = None) -> str:
                       f"difference {avg.get('max_weight_difference', float('nan')):.2e}."]
         lines += ["", "**Optimistic:** every held-out row was in the training set of all fold models but its own "
                   "(4 of 5), so the averaged model has effectively seen it. These numbers check the merge; the "
-                  "per-fold table above is the CV estimate.", ""]
+                  "out-of-fold table above is the CV estimate.", ""]
         pred_path = merged / "heldout_predictions.parquet"
         if pred_path.is_file():
             preds = readers.read_parquet(pred_path)
@@ -191,7 +254,23 @@ def main(argv: list[str] | None = None) -> str:
 
     # ------------------------------------------------------------------------------------- reliability
     lines += ["## Calibration", ""]
-    if preds is not None and avg:
+    student_oof = oof.get(cfg.student) or {}
+    if student_oof:
+        pool = pooled(student_oof)
+        probs = pool[PROB_COLUMNS].to_numpy(dtype=np.float64)
+        labels = pool["label"].to_numpy().astype(int)
+        folds = sorted(student_oof)
+        reliability_png(probs, labels, png, cfg.n_bins,
+                        f"{cfg.student} out-of-fold, folds {folds}, {len(labels)} rows")
+        rel = os.path.relpath(png.resolve(), out.parent.resolve())
+        lines += [f"![reliability diagram]({Path(rel).as_posix()})", "",
+                  f"One-vs-rest reliability per class (numbers: rows per bin) on the student's out-of-fold "
+                  f"predictions (folds {folds}); top-label ECE {expected_calibration_error(probs, labels, cfg.n_bins):.4f}.",
+                  ""]
+    elif preds is not None and avg:
+        lines += [f"No out-of-fold predictions of {cfg.student} yet (model_save/{cfg.student}fold<k>/oof.csv, "
+                  "stage 7): the diagram below uses the averaged student's held-out rows, which it trained on "
+                  "(optimistic).", ""]
         m = avg["method"]
         probs = preds[[f"p_a_{m}", f"p_b_{m}", f"p_tie_{m}"]].to_numpy(dtype=np.float64)
         labels = preds["label"].to_numpy().astype(int)

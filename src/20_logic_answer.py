@@ -47,8 +47,8 @@ from pathlib import Path
 
 from arena_distill import config as C
 from arena_distill.dist import print0, seed_everything
-from arena_distill.gen_backends import GenOptions, make_backend
-from arena_distill.io import (atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl, run_stage,
+from arena_distill.gen_backends import GEN_TRANSPORT_KEYS, GenOptions, make_backend
+from arena_distill.io import (atomic_write_json, atomic_write_jsonl, check_done, fingerprint, mark_done, read_jsonl, run_stage,
                               StageInputError)
 from arena_distill.logic_text import (LETTERS, TEMPLATES, LogicDataError, extract_answer, generation_row,
                                       iter_questions, prompt_for, read_logic_data, select_problems)
@@ -132,8 +132,8 @@ def answer_with_retries(backend, prompts: list[str], letters: list[str], *, n: i
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(AnswerConfig, "logic_answer", argv)
     out = Path(cfg.logic_dir) / (cfg.run_name or f"answer_{cfg.split}")
-    if is_done(out) and not cfg.force:
-        print0(f"[logic_answer] {out} is done; skipping (force=true to regenerate)")
+    fp = fingerprint(cfg, exclude=("chunk_size", "run_name", *GEN_TRANSPORT_KEYS))
+    if check_done(out, fp, cfg.force, "logic_answer"):
         return {"skipped": True, "out": str(out)}
     if cfg.force and out.exists():
         shutil.rmtree(out)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary["accuracy_attempt0"] = summary["n_correct_attempt0"] / len(questions)
     atomic_write_json(out / "summary.json", summary)
     shutil.rmtree(parts, ignore_errors=True)
-    mark_done(out, stage="logic_answer", n_rows=len(rows))
+    mark_done(out, fingerprint=fp, stage="logic_answer", n_rows=len(rows))
     acc = f", attempt-0 accuracy {summary['accuracy_attempt0']:.4f}" if labelled else ""
     print0(f"[logic_answer] done: {len(rows)} generations, {summary['n_answered_attempt0']}/{len(questions)} "
            f"with an extracted answer{acc} -> {out / 'generations.jsonl'}")

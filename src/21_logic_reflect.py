@@ -40,7 +40,7 @@ from typing import Callable
 from arena_distill import config as C
 from arena_distill.dist import print0, seed_everything
 from arena_distill.gen_backends import Backend, GenOptions, make_backend
-from arena_distill.io import (atomic_write_json, atomic_write_jsonl, is_done, mark_done, read_jsonl, require_done,
+from arena_distill.io import (atomic_write_json, atomic_write_jsonl, check_done, fingerprint, mark_done, read_jsonl, require_done,
                               run_stage, StageInputError)
 from arena_distill.logic_text import (LETTERS, LogicDataError, extract_answer, iter_questions, read_generations,
                                       read_logic_data, select_problems)
@@ -115,8 +115,8 @@ def self_reflect(items: list[dict], backend: Backend, *, max_tries: int, tempera
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(ReflectConfig, "logic_reflect", argv)
     out = Path(cfg.logic_dir) / cfg.out_name
-    if is_done(out) and not cfg.force:
-        print0(f"[logic_reflect] {out} is done; skipping (force=true to redo)")
+    fp = fingerprint(cfg)
+    if check_done(out, fp, cfg.force, "logic_reflect"):
         return {"skipped": True, "out": str(out)}
     if cfg.force and out.exists():
         shutil.rmtree(out)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_jsonl(out / "traces.jsonl", traces_out)
     atomic_write_json(out / "sft.json", sft)
     atomic_write_json(out / "report.json", report)
-    mark_done(out, stage="logic_reflect", sft_rows=len(sft), recovered=len(recovered))
+    mark_done(out, fingerprint=fp, stage="logic_reflect", sft_rows=len(sft), recovered=len(recovered))
     print0(f"[logic_reflect] done: first pass {len(first_ok)}/{n_q}, recovered {len(recovered)}, never "
            f"{len(never)}; {len(sft)} SFT rows {report['sft_rows_by_origin']} -> {out / 'sft.json'}")
     return report

@@ -44,7 +44,7 @@ from arena_distill import engine, llama_factory
 from arena_distill.batching import collate
 from arena_distill.dist import is_main, print0, rank, world_size
 from arena_distill.losses import sft_loss
-from arena_distill.io import (atomic_write_json, is_done, mark_done, require_done, run_stage,
+from arena_distill.io import (atomic_write_json, check_done, fingerprint, mark_done, require_done, run_stage,
                               StageInputError)
 from arena_distill.models import add_lora, describe, load_causal_lm, load_tokenizer, model_folder, warn_if_cpu_quant
 from arena_distill.train_utils import LoraArgs, TrainArgs, promote_files
@@ -131,8 +131,8 @@ def encode_example(tok, instruction: str, inp: str, output: str, cutoff_len: int
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(SFTConfig, "logic_sft", argv)
     out = Path(cfg.save_dir) / cfg.out_name
-    if is_done(out) and not cfg.force:
-        print0(f"[logic_sft] {out} is done; skipping (force=true to retrain)")
+    fp = fingerprint(cfg)
+    if check_done(out, fp, cfg.force, "logic_sft"):
         return {"skipped": True, "out": str(out)}
     if cfg.force and is_main() and out.exists():
         shutil.rmtree(out)
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "eval_loss_first": evals[0][1] if evals else None, "eval_loss_last": evals[-1][1] if evals else None,
                    "eval_curve": evals, "train_seconds_this_run": round(result.seconds, 1)}
         atomic_write_json(out / "metrics.json", summary)
-        mark_done(out, stage="logic_sft", total_steps=total_steps, eval_loss=summary["eval_loss_last"])
+        mark_done(out, fingerprint=fp, stage="logic_sft", total_steps=total_steps, eval_loss=summary["eval_loss_last"])
         print0(f"[logic_sft] done: train loss {summary['train_loss_first']:.4f} -> {summary['train_loss_last']:.4f}"
                f", eval loss {summary['eval_loss_first']} -> {summary['eval_loss_last']} -> {out}")
     accelerator.wait_for_everyone()

@@ -29,7 +29,7 @@ import torch
 from arena_distill import config as C
 from arena_distill import llama_factory
 from arena_distill.dist import print0
-from arena_distill.io import atomic_dir, atomic_write_json, is_done, mark_done, require_done, run_stage
+from arena_distill.io import atomic_dir, atomic_write_json, check_done, fingerprint, mark_done, require_done, run_stage
 from arena_distill.models import check_not_quantized, load_causal_lm, load_peft, load_tokenizer
 
 
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(MergeConfig, "logic_merge", argv)
     adapter = Path(cfg.save_dir) / cfg.adapter_name
     out = Path(cfg.save_dir) / cfg.out_name
-    if is_done(out) and not cfg.force:
-        print0(f"[logic_merge] {out} is done; skipping (force=true to re-merge)")
+    fp = fingerprint(cfg, exclude=("verify", "atol"))  # the check's tolerance does not change the merge
+    if check_done(out, fp, cfg.force, "logic_merge"):
         return {"skipped": True, "out": str(out)}
 
     # -------------------------------------------------------------------------------------------- base
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "merge_report.json", report)
         C.save_config(cfg, tmp, base_model=str(base), adapter=str(adapter))
-        mark_done(tmp, stage="logic_merge", **{k: v for k, v in report.items() if k == "max_abs_logit_diff"})
+        mark_done(tmp, fingerprint=fp, stage="logic_merge", **{k: v for k, v in report.items() if k == "max_abs_logit_diff"})
     print0(f"[logic_merge] done -> {out}")
     return report
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from arena_distill import config as C
 from arena_distill.dist import print0
-from arena_distill.io import atomic_write_json, is_done, mark_done, require_done, run_stage, StageInputError
+from arena_distill.io import atomic_write_json, check_done, fingerprint, mark_done, require_done, run_stage, StageInputError
 from arena_distill.logic_text import TEMPLATES, iter_questions, prompt_for, read_logic_data
 from arena_distill.models import load_tokenizer
 from arena_distill.quant import quantize_causal_lm
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(QuantizeConfig, "logic_quantize", argv)
     merged = Path(cfg.save_dir) / cfg.merged_name
     outs = {b: Path(cfg.save_dir) / f"{cfg.out_prefix}_{b}bit" for b in cfg.bits}
-    todo = [b for b in cfg.bits if cfg.force or not is_done(outs[b])]
+    # One folder per width, so each folder's fingerprint names its own width, not the whole list.
+    fp = fingerprint(cfg, exclude=("bits", "out_prefix", "batch_size"))
+    todo = [b for b in cfg.bits if not check_done(outs[b], {**fp, "bits": b}, cfg.force, "logic_quantize")]
     if not todo:
         print0(f"[logic_quantize] {', '.join(map(str, outs.values()))} done; skipping (force=true to redo)")
         return {"skipped": True}
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                       merged=str(merged), vllm_servable=bits in (4, 8))
         atomic_write_json(out / "quant_report.json", report)
         C.save_config(cfg, out, merged=str(merged), bits_of_this_folder=bits)
-        mark_done(out, stage="logic_quantize", bits=bits, seconds=report.get("quantize_seconds"))
+        mark_done(out, fingerprint={**fp, "bits": bits}, stage="logic_quantize", bits=bits, seconds=report.get("quantize_seconds"))
         reports[bits] = report
         print0(f"[logic_quantize] {bits}-bit done in {report.get('quantize_seconds')}s -> {out}")
     return reports

@@ -33,8 +33,8 @@ import sys
 from pathlib import Path
 
 from arena_distill import config as C
-from arena_distill.io import (atomic_write_json, atomic_write_jsonl, atomic_write_text, is_done, mark_done, require,
-                              require_done, run_stage, StageInputError)
+from arena_distill.io import (atomic_write_json, atomic_write_jsonl, atomic_write_text, check_done, fingerprint,
+                              mark_done, require, require_done, run_stage, StageInputError)
 from arena_distill.logic_text import LogicDataError, answer_file_rows, choose_predictions, read_generations, \
     read_logic_data, score, select_problems
 from arena_distill.readers import read_json
@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
         run = None
         gen_path = Path(cfg.generations)
         out = Path(cfg.out_dir or gen_path.parent / suffix)
-    if is_done(out) and not cfg.force:
+    fp = fingerprint(cfg)
+    if check_done(out, fp, cfg.force, "logic_evaluate", to_stderr=True):
         metrics = read_json(out / "metrics.json", fix="re-run with force=true")
-        print(f"[logic_evaluate] {out} is done (force=true to recompute)", file=sys.stderr)
         print(json.dumps({k: metrics[k] for k in HEADLINE}), flush=True)
         return metrics
     if cfg.force and out.exists():
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     atomic_write_json(out / "metrics.json", full)
     atomic_write_jsonl(out / "answer.jsonl", answer_file_rows(data.problems, preds))
     C.save_config(cfg, out, data_file=data_file, problems=problem_range)
-    mark_done(out, stage="logic_evaluate", **headline)
+    mark_done(out, fingerprint=fp, stage="logic_evaluate", **headline)
     atomic_write_text(Path(cfg.logic_dir) / "eval_table.md", eval_table(Path(cfg.logic_dir)))
     print(f"[logic_evaluate] {gen_path}: {headline['n_correct']}/{headline['n_questions']} correct, "
           f"{headline['n_answered']} answered -> {out}", file=sys.stderr)

@@ -166,7 +166,7 @@ def test_skips_when_done_and_messages(folds, merged_lora_mean, tmp_path, capsys)
     tmp, base, _ = folds
     cfg = write_profile(tmp / "p.yaml", tmp)
     assert _stage().main(["--config", str(cfg)])["skipped"] is True
-    assert "already merged" in capsys.readouterr().out
+    assert "is done with these settings" in capsys.readouterr().out
     # missing fold -> says which script to run first
     empty = write_profile(tmp_path / "p.yaml", tmp_path)
     with pytest.raises(StageInputError, match="run first: sh run_pipeline.sh 0"):

@@ -47,8 +47,15 @@ def test_bench_smoke_writes_table_and_json(tmp_path):
         for path in ("ours", "naive"):
             assert math.isfinite(res["predict"][path][key]) and res["predict"][path][key] > 0
     for path in ("ours", "naive"):
-        assert math.isfinite(res["train"][path]["real_tokens_per_s"]) and res["train"][path]["real_tokens_per_s"] > 0
         assert 0 < res["predict"]["padding_efficiency"][path] <= 1
+    for path in ("ours", "hf_group", "naive"):
+        assert math.isfinite(res["train"][path]["real_tokens_per_s"]) and res["train"][path]["real_tokens_per_s"] > 0
+        assert math.isfinite(res["train"][path]["real_tokens_per_cpu_s"]) and res["train"][path]["cpu_seconds"] > 0
+        assert 0 < res["train"]["padding_efficiency"][path] <= 1
+    assert "| measure | ours | HF Trainer group_by_length | naive (max_length pad) |" in table
+    assert set(res["targets"]) >= {"train_tokens_per_s_vs_hf_group", "train_padding_efficiency",
+                                   "train_memory_vs_hf_group"}
+    assert {"512/48", "2000/20000"} <= set(res["train"]["plan_padding"])
     assert math.isfinite(res["predict"]["rows_per_s_ratio"]) and math.isfinite(res["train"]["real_tokens_per_s_ratio"])
     assert res["predict"]["max_abs_prob_diff"] < 1e-4  # both prediction paths compute the same probabilities
     bad = [(p, v) for p, v in _finite_numbers(res) if not math.isfinite(v)]

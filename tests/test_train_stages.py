@@ -98,7 +98,7 @@ def test_teacher_stage_outputs_and_learning(project, tiny_model_dirs):
     assert metrics["valid_log_loss"] < metrics["prior_log_loss"]  # the marker rule is learnable
     assert (project.parent / "save" / "cv_table.md").read_text().count("tiny_llama") == 1
     # Idempotent: a second run is skipped.
-    assert teacher.main(["--config", str(project), "model=tiny_llama", "fold=0"])["skipped"]
+    assert teacher.main(["--config", str(project), "model=tiny_llama", "fold=0", "epochs=3"])["skipped"]
 
 
 def test_base_weights_unchanged_and_adapter_reloads(project, tiny_model_dirs):

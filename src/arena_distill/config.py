@@ -125,6 +125,8 @@ def parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str], bool]:
         arg = args[i]
         if arg in ("-h", "--help"):
             want_help = True
+        elif arg in ("-v", "--verbose"):
+            pass  # read by arena_distill.logs when the package loads (it must act before the libraries load)
         elif arg == "--config":
             if i + 1 >= len(args):
                 raise ConfigError("--config needs a path")
@@ -134,6 +136,9 @@ def parse_overrides(args: list[str]) -> tuple[str | None, dict[str, str], bool]:
             path = arg.split("=", 1)[1]
         elif "=" in arg:
             key, value = arg.split("=", 1)
+            if key.lstrip("-").strip() == "verbose":
+                i += 1
+                continue  # as -v (arena_distill.logs); common.verbose=... is dropped like any common key
             overrides[key.lstrip("-").strip()] = value
         else:
             raise ConfigError(f"command line: expected key=value or --config PATH, got {arg!r}")

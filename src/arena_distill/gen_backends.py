@@ -46,6 +46,12 @@ class Backend(Protocol):
         ...
 
 
+# GenOptions keys that say how a backend is reached and how fast it runs, not what it generates: left out
+# of a stage's settings fingerprint (io.fingerprint), so moving a server or raising concurrency is no "change".
+GEN_TRANSPORT_KEYS = ("server_url", "api_key", "concurrency", "max_retries", "retry_backoff_s", "request_timeout_s",
+                      "batch_size", "gpu_memory_utilization", "max_num_seqs", "tensor_parallel_size")
+
+
 @dataclass
 class GenOptions:
     """Backend settings shared by the stages that generate (stage configs inherit these fields)."""

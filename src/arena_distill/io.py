@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -118,9 +119,12 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return _read_jsonl(path, allow_empty=True)
 
 
-def mark_done(out_dir: str | os.PathLike, **info: Any) -> Path:
-    """Write the stage's completion marker; always the last write of a stage."""
-    return atomic_write_json(Path(out_dir) / DONE, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
+def mark_done(out_dir: str | os.PathLike, fingerprint: dict[str, Any] | None = None, **info: Any) -> Path:
+    """Write the stage's completion marker; always the last write of a stage. ``fingerprint`` (see
+    ``fingerprint()``) lets a re-run with other settings notice instead of skipping."""
+    extra = {} if fingerprint is None else {"fingerprint": fingerprint}
+    return atomic_write_json(Path(out_dir) / DONE,
+                             {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info, **extra})
 
 
 def is_done(out_dir: str | os.PathLike) -> bool:
@@ -128,7 +132,14 @@ def is_done(out_dir: str | os.PathLike) -> bool:
 
 
 def read_done(out_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(out_dir) / DONE).read_text(encoding="utf-8"))
+    """The marker's content; a damaged marker is a one-line error (see ``readers``)."""
+    from .readers import read_json
+
+    data = read_json(Path(out_dir) / DONE, fix=f"delete {Path(out_dir)} (or re-run its stage with force=true)")
+    if not isinstance(data, dict):
+        raise StageInputError(f"{Path(out_dir) / DONE}: not a JSON object -> delete {Path(out_dir)} "
+                              f"(or re-run its stage with force=true)")
+    return data
 
 
 def require(path: str | os.PathLike, run_first: str, what: str = "input") -> Path:
@@ -155,3 +166,75 @@ def run_stage(main: Callable[[], Any], *user_errors: type[BaseException]) -> Non
     except (StageInputError, *user_errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings fingerprints: a finished stage re-run with other settings must not skip silently.
+
+# Keys that never shape a stage's output: how a run is driven, logged or where it is written. Every
+# other config key is fingerprinted; stages add their own run-only keys through ``exclude``.
+RUN_ONLY_KEYS = frozenset({
+    "force", "verbose", "report_to", "tracker_dir", "logging_dir", "progress", "log_every",
+    "save_every", "save_steps", "stop_after", "cpu_threads", "out_dir", "out_name",
+})
+
+
+# Never written into DONE.json (a secret in a marker file would outlive the run), at any nesting level.
+_SECRET_KEY = re.compile(r"api_key|password|secret|(^|_)token$", re.IGNORECASE)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    return value
+
+
+def fingerprint(cfg: Any, exclude: tuple[str, ...] | frozenset[str] = ()) -> dict[str, Any]:
+    """The config keys that shape a stage's output, as JSON values (what ``DONE.json`` stores); secrets
+    (API keys, tokens, passwords) are left out."""
+    import dataclasses
+
+    drop = RUN_ONLY_KEYS | set(exclude)
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in drop}
+    return json.loads(json.dumps(_scrub(values), default=_json_default))  # tuples -> lists, as read back
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose value changed, ``{key: (old, new)}``. A key the old run did not record is not
+    compared: a code upgrade that adds a setting alone does not make finished outputs stale."""
+    return {k: (old[k], v) for k, v in new.items() if k in old and old[k] != v}
+
+
+def check_done(out_dir: str | os.PathLike, fp: dict[str, Any], force: bool, stage: str,
+               to_stderr: bool = False) -> bool:
+    """Whether a stage may skip ``out_dir``: True when it is done with the same settings (prints so).
+
+    Not done, or ``force``: False (do the work). Done with other settings: a one-line
+    ``StageInputError`` naming each changed key (old -> new) and telling to pass force=true. A marker
+    from before fingerprints existed is skipped with a warning (its settings cannot be checked).
+    ``to_stderr``: for stages whose stdout is a result line.
+    """
+    out = Path(out_dir)
+    if force or not is_done(out):
+        return False
+    check_settings(out, read_done(out).get("fingerprint"), fp, stage, to_stderr)
+    return True
+
+
+def check_settings(out: str | os.PathLike, old: Any, fp: dict[str, Any], stage: str,
+                   to_stderr: bool = False) -> None:
+    """For a finished output ``out`` whose recorded fingerprint is ``old``: raise (one line, each
+    changed key old -> new, pass force=true) when the settings changed, else print the skip line."""
+    from .dist import print0
+
+    stream = sys.stderr if to_stderr else sys.stdout
+    if not isinstance(old, dict):
+        print0(f"[{stage}] warning: {out} is done but records no settings (made by an older version), so a "
+               f"change cannot be detected: skipped (force=true to redo)", file=stream)
+        return
+    diff = fingerprint_diff(old, fp)
+    if diff:
+        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise StageInputError(f"[{stage}] {out} is done but was made with other settings ({changes}); pass "
+                              f"force=true to redo it (then re-run the stages downstream of it)")
+    print0(f"[{stage}] {out} is done with these settings: skipped (force=true to redo)", file=stream)

@@ -252,7 +252,9 @@ def make_eager(model) -> int:
 
 
 def quantization_bits(model_dir: str | os.PathLike) -> int:
-    cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("quantization_config")
+    from .readers import read_json
+
+    cfg = read_json(Path(model_dir) / "config.json", fix="re-run the stage that wrote it").get("quantization_config")
     if not isinstance(cfg, dict) or "bits" not in cfg:
         raise StageInputError(f"{model_dir}/config.json has no GPTQ quantization_config")
     return int(cfg["bits"])

@@ -227,7 +227,9 @@ def load_checkpoint(accelerator, ckpt_dir: str | os.PathLike) -> dict[str, Any] 
         return None
     kwargs = {"load_module_strict": False} if is_deepspeed(accelerator) else {"strict": False}
     accelerator.load_state(str(ckpt_dir), **kwargs)
-    return json.loads((ckpt_dir / STATE_FILE).read_text())
+    from .readers import read_json
+
+    return read_json(ckpt_dir / STATE_FILE, fix=f"delete {ckpt_dir} to restart this run from its beginning")
 
 
 def trainable_state(accelerator, model) -> dict[str, torch.Tensor] | None:
@@ -326,7 +328,9 @@ def read_log(jsonl_path: str | os.PathLike) -> list[dict]:
     path = Path(jsonl_path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from .readers import read_jsonl
+
+    return read_jsonl(path, fix="delete it (the curve restarts) or re-run the stage with force=true")
 
 
 def truncate_log(jsonl_path: str | os.PathLike, upto_step: int) -> None:

@@ -33,5 +33,7 @@ sh run_final.sh "$@"
 
 # --- predict test.csv with A/B-swap TTA into sub/submission.csv ----------------------------------------
 python predict_test.py --config "$CONFIG" "$@"
+# the report again, now that the prediction report exists (stage 10 only reads files: a few seconds)
+python src/10_report.py --config "$CONFIG" "$@"
 
 echo "== run_tiny.sh finished in ${SECONDS}s: sub/submission.csv"

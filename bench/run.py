@@ -476,9 +476,9 @@ def kaggle_like_rows(n: int, max_length: int, vocab: int, avoid: set[int], seed:
 
 def ours_train_step(acc, model, optimizer, scheduler, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
                     teacher_logits: list[torch.Tensor], grad_clip: float = 1.0) -> float:
-    """One micro-batch of stage 7's loop body (forward, distill_loss, backward, clip, AdamW step, schedule,
-    the per-step loss sync). Kept in one function so the benchmark can switch to the shared training
-    engine when stages 3/4/7/22 move onto it."""
+    """One micro-batch of the training engine's step as stage 7 runs it (``arena_distill.engine.train``: forward,
+    distill_loss, backward, clip, AdamW step, schedule, the per-step loss sync), without the engine's
+    checkpoint/log/eval bookkeeping, which is not what this benchmark times."""
     with acc.accumulate(model):
         logits = model(input_ids=ids, attention_mask=mask).logits
         loss, _ = distill_loss(logits, labels, teacher_logits, 1.0)
@@ -510,7 +510,9 @@ class OursTrainer:
     def run(self, n_batches: int | None = None) -> tuple[float, int]:
         """One pass over the rows (length-grouped micro-batches of a new epoch); (seconds, real tokens)."""
         acc, dev = self.accelerator, self.accelerator.device
-        batches = length_grouped_batches(self.lengths, self.s.train_batch, seed=self.s.seed, epoch=self.epoch)
+        # The engine's plan (arena_distill.engine.batch_plan): length-grouped, longest batch first.
+        batches = length_grouped_batches(self.lengths, self.s.train_batch, seed=self.s.seed, epoch=self.epoch,
+                                         longest_first=True)
         self.epoch += 1
         self.computed = 0
         sync()

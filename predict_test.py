@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from arena_distill import config as C  # noqa: E402
+from arena_distill import encoding_record  # noqa: E402
 from arena_distill.arena_text import (PROMPT_MAX_TOKENS, PROMPT_MAX_WORDS, RESPONSE_MAX_WORDS,  # noqa: E402
                                       encode_batch, encode_batch_both, read_arena_csv)
 from arena_distill.dist import pick_device, print0, rank, world_size  # noqa: E402
@@ -70,8 +71,9 @@ class PredictConfig:
     adapter_dir: str = C.field("", help="PEFT adapter folder; empty = <save_dir>/<student>_avg")
     base_model: str = C.field("", help="base checkpoint of the adapter; empty = read from the adapter's config.yaml")
     max_length: int = C.field(2000, help="tokens per row incl. template and EOS (seed inference: 2000)")
-    # Truncation must match training: unset = the profile's `prepare` value (the one source of truth).
-    prompt_max_tokens: int | None = C.field(None, help="prompt token cap; unset = prepare's")
+    # Truncation must match training: unset = the model folder's encoding.json (stages 8/9 write it), else the
+    # profile's `prepare` value.
+    prompt_max_tokens: int | None = C.field(None, help="prompt token cap; unset = as trained (see above)")
     prompt_max_words: int | None = C.field(None, help="prompt word cap; unset = prepare's")
     response_max_words: int | None = C.field(None, help="per-response word cap; unset = prepare's")
     truncation_side: Literal["right", "left"] | None = C.field(None, help="unset = prepare's")
@@ -120,8 +122,14 @@ def truth_log_loss(truth_csv: Path, ids: np.ndarray, probs: np.ndarray) -> dict 
             "best_achievable_log_loss": log_loss(rows[["p_a", "p_b", "p_tie"]].to_numpy(), labels)}
 
 
-def inherit_truncation(cfg: PredictConfig) -> None:
-    """Fill unset truncation keys from the profile's ``prepare`` section, else the seed's defaults."""
+def inherit_truncation(cfg: PredictConfig, model_folder: Path | None = None) -> str:
+    """Fill unset truncation keys: the model folder's ``encoding.json`` (how its training rows were encoded,
+    written by stages 8/9), else the profile's ``prepare`` section, else the seed's defaults. Keys set on the
+    command line or in ``predict`` win. ``max_length`` stays predict's own (the seed predicted at 2000).
+    Returns where the values came from."""
+    record = None
+    if model_folder is not None and (Path(model_folder) / encoding_record.RECORD_FILE).is_file():
+        record = encoding_record.read_record(model_folder).get("encoding", {})
     prepare = C.read_profile(cfg.__dict__["_profile_path"]).get("prepare", {}) if "_profile_path" in cfg.__dict__ \
         else {}
     defaults = {"prompt_max_tokens": PROMPT_MAX_TOKENS, "prompt_max_words": PROMPT_MAX_WORDS,
@@ -129,12 +137,17 @@ def inherit_truncation(cfg: PredictConfig) -> None:
                 "prompt_cap": "seed", "bos": "auto"}
     for key, default in defaults.items():
         if getattr(cfg, key) is None:
-            setattr(cfg, key, prepare.get(key, default))
+            if record is not None:
+                # a record from before a key existed: the legacy value (how those rows were encoded)
+                value = record.get(key, encoding_record.LEGACY_VALUES.get(key, default))
+            else:
+                value = prepare.get(key, default)
+            setattr(cfg, key, value)
+    return f"{model_folder}/{encoding_record.RECORD_FILE}" if record is not None else "the profile's prepare section"
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = C.load_config(PredictConfig, "predict", argv)
-    inherit_truncation(cfg)
     t_start = time.perf_counter()
     rk, world = rank(), world_size()
     device = pick_device()
@@ -146,8 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     kind, folder = resolve_model_source(cfg.model_source, cfg.gptq_dir or Path(cfg.save_dir) / "final_model_gptq",
                                         cfg.merged_dir or Path(cfg.save_dir) / "final_merged",
                                         cfg.adapter_dir or Path(cfg.save_dir) / f"{cfg.student}_avg")
+    encoding_from = inherit_truncation(cfg, folder)
     print0(f"[predict] test {test_csv} | model {kind}: {folder} | device {device} | world {world} | "
-           f"max_length {cfg.max_length} | tta {cfg.tta} | sorted {cfg.sort}")
+           f"max_length {cfg.max_length} | tta {cfg.tta} | sorted {cfg.sort} | encoding from {encoding_from}")
     if cfg.encoding_mode == "seed_exact":  # the seed reads with pandas' defaults and parses cells itself
         test = read_seed_test_csv(test_csv)
         test["id"] = pd.to_numeric(test["id"], errors="raise")

@@ -207,3 +207,37 @@ def test_predict_test_from_adapter_and_missing_inputs(tiny_model_dirs, tmp_path)
         _predict_module().main(["--config", str(cfg), "model_source=gptq"])
     with pytest.raises(StageInputError, match="test file"):
         _predict_module().main(["--config", str(cfg), f"test_csv={tmp_path / 'nope.csv'}"])
+
+
+def test_predict_test_encodes_as_the_model_folders_record(merged_dir, tmp_path):
+    """A model folder with encoding.json (stages 8/9 write it) is predicted with its training encoding, not the
+    profile's prepare values; a key given to predict wins; a record from before the BOS work is read as such."""
+    import shutil
+
+    from arena_distill import encoding_record as er
+
+    ids = awkward_test_csv(tmp_path / "test.csv")
+    folder = tmp_path / "final_merged"
+    shutil.copytree(merged_dir, folder)
+    er.write_record(folder, er.make_record({"max_length": 256, "prompt_max_tokens": 40, "prompt_max_words": 100,
+                                            "response_max_words": 300, "truncation_side": "left",
+                                            "word_split": "whitespace", "prompt_cap": "always", "bos": "none"}))
+    profile = yaml.safe_load(_profile(tmp_path, test_csv=str(tmp_path / "test.csv"), model_source="merged",
+                                      merged_dir=str(folder), out=str(tmp_path / "sub.csv")).read_text())
+    profile["prepare"] = {"prompt_max_tokens": 64, "truncation_side": "right", "bos": "auto"}  # not what trained
+    cfg = tmp_path / "profile.yaml"
+    cfg.write_text(yaml.safe_dump(profile))
+    report = _predict_module().main(["--config", str(cfg)])
+    assert report["encode_options"] == {"max_length": 256, "prompt_max_tokens": 40, "prompt_max_words": 100,
+                                        "response_max_words": 300, "truncation_side": "left",
+                                        "word_split": "whitespace", "prompt_cap": "always", "bos": "none"}
+    assert pd.read_csv(tmp_path / "sub.csv")["id"].tolist() == ids
+    report = _predict_module().main(["--config", str(cfg), "bos=auto", f"out={tmp_path / 'sub2.csv'}"])
+    assert report["encode_options"]["bos"] == "auto" and report["encode_options"]["prompt_max_tokens"] == 40
+    # a record written before word_split/prompt_cap/bos existed: those rows were encoded the old way
+    er.write_record(folder, {"format_version": 1, "encoding": {"max_length": 256, "prompt_max_tokens": 40,
+                                                               "prompt_max_words": 100, "response_max_words": 300,
+                                                               "truncation_side": "right"}})
+    report = _predict_module().main(["--config", str(cfg), f"out={tmp_path / 'sub3.csv'}"])
+    assert {k: report["encode_options"][k] for k in ("word_split", "prompt_cap", "bos")} == \
+        {"word_split": "whitespace", "prompt_cap": "always", "bos": "none"}

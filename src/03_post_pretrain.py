@@ -25,11 +25,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from arena_distill import config as C
 from arena_distill import engine
-from arena_distill.batching import collate
 from arena_distill.dist import is_main, print0
 from arena_distill.io import (atomic_write_json, check_done, fingerprint, mark_done, require, require_done,
                               run_stage)
@@ -102,11 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
         C.save_config(cfg, out, seed=seed, base_model=str(base))
     pad_id, device = tokenizer.pad_token_id, accelerator.device
 
-    def loss_fn(micro: np.ndarray):
-        ids, mask = collate([train_ids[i] for i in micro], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(train_labels[micro], device=device))
-        return loss, {"ce": loss.detach()}, int(mask.sum())
+    loss_fn = engine.classifier_ce_loss(model, train_ids, train_labels, pad_id, device)
 
     # -------------------------------------------------------------------------------------------- loop
     result = engine.train(accelerator, model, optimizer, scheduler, plan, lengths=[len(x) for x in train_ids],

@@ -35,16 +35,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from arena_distill import config as C
 from arena_distill import engine
-from arena_distill.batching import collate
 from arena_distill.dist import is_main, print0
 from arena_distill.io import (atomic_write_json, atomic_write_text, check_done, fingerprint, is_done, mark_done,
                               require, require_done, run_stage)
-from arena_distill.metrics import classification_metrics, cv_table, prior_log_loss
-from arena_distill.oof import oof_writer
+from arena_distill.metrics import cv_table, prior_log_loss
 from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
     model_folder, warn_if_cpu_quant
 from arena_distill.train_utils import LoraArgs, TrainArgs, promote_files
@@ -137,18 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
         C.save_config(cfg, out, seed=seed, base_model=str(base), init_adapter=init_from)
     pad_id, device = tokenizer.pad_token_id, accelerator.device
 
-    def loss_fn(micro: np.ndarray):
-        ids, mask = collate([train_ids[i] for i in micro], pad_id)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        loss = torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(train_labels[micro], device=device))
-        return loss, {"ce": loss.detach()}, int(mask.sum())
+    loss_fn = engine.classifier_ce_loss(model, train_ids, train_labels, pad_id, device)
 
-    def evaluate(step: int) -> engine.Evaluation:
-        all_logits = engine.score_rows(accelerator, model, dev_ids, pad_id, batch_size=cfg.eval_batch,
-                                       max_tokens=cfg.eval_max_tokens or None)
-        m = classification_metrics(all_logits, dev_labels)
-        return engine.Evaluation({"valid_log_loss": m["log_loss"], "valid_accuracy": m["accuracy"]},
-                                 write=oof_writer(dev["id"].to_numpy(), dev_labels, all_logits, step))
+    evaluate = engine.classifier_evaluation(accelerator, model, dev_ids, dev_labels, dev["id"].to_numpy(), pad_id,
+                                            batch_size=cfg.eval_batch, max_tokens=cfg.eval_max_tokens or None)
 
     # -------------------------------------------------------------------------------------------- loop
     result = engine.train(accelerator, model, optimizer, scheduler, plan, lengths=[len(x) for x in train_ids],

@@ -45,8 +45,7 @@ from arena_distill.dist import is_main, print0
 from arena_distill.losses import distill_loss
 from arena_distill.io import (atomic_write_json, atomic_write_text, check_done, fingerprint, is_done, mark_done,
                               require, require_done, run_stage, StageInputError)
-from arena_distill.metrics import classification_metrics, cv_table, prior_log_loss
-from arena_distill.oof import oof_writer
+from arena_distill.metrics import cv_table, prior_log_loss
 from arena_distill.models import add_lora, describe, init_lora_from_adapter, load_classifier, load_tokenizer, \
     model_folder, warn_if_cpu_quant
 from arena_distill.train_utils import LoraArgs, TrainArgs, promote_files
@@ -155,12 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    [t[micro] for t in teacher_logits], cfg.temperature, cfg.w_ce, cfg.w_kl, cfg.w_cos)
         return loss, dict(zip(part_names, parts.values())), int(mask.sum())  # ce, kl_0, cos_0, kl_1, ...
 
-    def evaluate(step: int) -> engine.Evaluation:
-        all_logits = engine.score_rows(accelerator, model, dev_ids, pad_id, batch_size=cfg.eval_batch,
-                                       max_tokens=cfg.eval_max_tokens or None)
-        m = classification_metrics(all_logits, dev_labels)
-        return engine.Evaluation({"valid_log_loss": m["log_loss"], "valid_accuracy": m["accuracy"]},
-                                 write=oof_writer(dev["id"].to_numpy(), dev_labels, all_logits, step))
+    evaluate = engine.classifier_evaluation(accelerator, model, dev_ids, dev_labels, dev["id"].to_numpy(), pad_id,
+                                            batch_size=cfg.eval_batch, max_tokens=cfg.eval_max_tokens or None)
 
     # -------------------------------------------------------------------------------------------- loop
     result = engine.train(accelerator, model, optimizer, scheduler, plan, lengths=[len(x) for x in train_ids],

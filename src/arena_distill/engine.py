@@ -254,6 +254,33 @@ def score_rows(accelerator, model, rows: Sequence[Sequence[int]], pad_id: int, *
     return np.concatenate([g[1] for g in gathered])[np.argsort(all_idx)]
 
 
+def classifier_ce_loss(model, rows: Sequence[Sequence[int]], labels: np.ndarray, pad_id: int, device) -> LossFn:
+    """The 3-class cross-entropy ``loss_fn`` of the classifier stages (post-pretrain, teachers)."""
+    from .batching import collate
+
+    def loss_fn(micro: np.ndarray):
+        ids, mask = collate([rows[i] for i in micro], pad_id)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        loss = torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(labels[micro], device=device))
+        return loss, {"ce": loss.detach()}, int(mask.sum())
+    return loss_fn
+
+
+def classifier_evaluation(accelerator, model, rows: Sequence[Sequence[int]], labels: np.ndarray, ids: np.ndarray,
+                          pad_id: int, *, batch_size: int, max_tokens: int | None) -> Callable[[int], Evaluation]:
+    """The dev evaluation of the classifier stages (teachers, student): valid log loss/accuracy, and the
+    evaluated checkpoint's ``oof.csv`` beside its adapter."""
+    from .metrics import classification_metrics
+    from .oof import oof_writer
+
+    def evaluate(step: int) -> Evaluation:
+        all_logits = score_rows(accelerator, model, rows, pad_id, batch_size=batch_size, max_tokens=max_tokens)
+        m = classification_metrics(all_logits, labels)
+        return Evaluation({"valid_log_loss": m["log_loss"], "valid_accuracy": m["accuracy"]},
+                          write=oof_writer(ids, labels, all_logits, step))
+    return evaluate
+
+
 def _flat(config: dict) -> dict:
     """Tracker hyper-parameters: scalars as they are, anything else as text (TensorBoard refuses lists)."""
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
